@@ -1,0 +1,1 @@
+"""Board profiles, measurement procedures and the calibration file format."""

@@ -1,0 +1,289 @@
+"""mica's configuration: one TOML file loaded into frozen dataclasses.
+
+Every key has a default, so an empty file is a valid config. :func:`load_config` checks the
+whole file before it gives up and raises one :class:`ConfigError` that lists every problem
+with its key path (``mqtt.port: must be <= 65535, got 70000``): unknown keys, wrong types,
+values out of range or not among the choices, files that do not exist, and cross-key
+conflicts. Relative paths are taken relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mica.array_dsp.errors import ConfigError
+
+
+def _opt(default: Any, doc: str, **check: Any) -> Any:
+    """A config field: its default, its one-line doc (with unit) and its checks.
+
+    ``check`` may hold ``min``, ``max`` (inclusive), ``choices``, ``path`` (an existing file,
+    when non-empty) and ``item_min`` / ``item_max`` for lists.
+    """
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, **check})
+    return field(default=default, metadata={"doc": doc, **check})
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str = _opt("mica", "device id, the <device_id> in every MQTT topic")
+    """Device id used in topics (``mica/<id>/...``)."""
+    board: str = _opt("generic", "board name reported in info")
+    """Board name reported in ``info``."""
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    source: str = _opt("alsa", "where audio comes from: alsa or wav", choices=("alsa", "wav"))
+    """``alsa`` (a capture PCM) or ``wav`` (a multichannel file replayed as the array)."""
+    alsa_device: str = _opt("default", "ALSA PCM name (see arecord -L)")
+    """ALSA PCM name, e.g. ``hw:CARD=ArrayUAC10,DEV=0`` or ``plughw:1,0``."""
+    channels: int = _opt(4, "channels the device captures", min=1, max=64)
+    """Channels captured from the device (microphones plus any other channels)."""
+    fs_hz: int = _opt(16000, "capture sample rate (Hz)", min=8000, max=192000)
+    """Capture sample rate in Hz."""
+    format: str = _opt("S16_LE", "ALSA sample format", choices=("S16_LE", "S32_LE"))
+    """ALSA sample format."""
+    period_frames: int = _opt(160, "ALSA period (frames per read); 160 = 10 ms at 16 kHz",
+                              min=16, max=16384)
+    """Frames per ALSA period; align with the DSP hop (10 ms) to avoid double buffering."""
+    wav_path: str = _opt("", "multichannel WAV replayed when source = wav", path=True)
+    """File replayed as the array when ``source = "wav"``."""
+    wav_realtime: bool = _opt(True, "pace the WAV in real time (false: as fast as possible)")
+    """Pace the WAV at its sample rate (true) or read as fast as the DSP takes it."""
+    wav_loop: bool = _opt(False, "restart the WAV at its end instead of stopping")
+    """Loop the WAV forever (for demos and soak tests)."""
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    geometry_file: str = _opt("", "JSON sidecar with geometry_m (n_ch x 3, metres)", path=True)
+    """Geometry sidecar (``geometry_m``: ``(n_ch, 3)`` metres), as in ``corpus/multichannel``."""
+    geometry_m: list = _opt([], "inline geometry: list of [x, y, z] in metres")
+    """Inline geometry, one ``[x, y, z]`` per microphone in metres (instead of a file)."""
+    mic_channels: list = _opt([], "capture channels that are microphones, in geometry order "
+                                  "(empty: all, in order)", item_min=0, item_max=63)
+    """Capture channel index of each geometry row; empty means channel k is mic k."""
+
+
+@dataclass(frozen=True)
+class DspConfig:
+    fs_hz: int = _opt(16000, "processing and output rate (Hz)", choices=(16000,))
+    """Rate of the enhanced output; capture at another rate is resampled to it."""
+    hop_samples: int = _opt(160, "STFT hop = output block (samples)", min=32, max=1024)
+    """STFT hop in samples at ``dsp.fs_hz`` (160 = 10 ms)."""
+    steer_azimuth_deg: float = _opt(0.0, "beam look direction, azimuth (deg, CCW from +x)",
+                                    min=-360.0, max=360.0)
+    """Look direction azimuth in degrees, counter-clockwise from the geometry's +x axis."""
+    steer_elevation_deg: float = _opt(0.0, "beam look direction, elevation (deg)",
+                                      min=-90.0, max=90.0)
+    """Look direction elevation in degrees above the geometry's x-y plane."""
+    sound_speed_m_s: float = _opt(343.0, "speed of sound (m/s)", min=300.0, max=370.0)
+    """Speed of sound in m/s."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = _opt(True, "connect to a broker at all")
+    """Publish over MQTT (false: run the DSP only, e.g. for benchmarks)."""
+    host: str = _opt("127.0.0.1", "broker host")
+    """Broker host name or address."""
+    port: int = _opt(1883, "broker TCP port", min=1, max=65535)
+    """Broker TCP port."""
+    prefix: str = _opt("mica", "topic prefix")
+    """First topic level (``<prefix>/<device_id>/...``)."""
+    client_id: str = _opt("", "MQTT client id (empty: mica-<device id>)")
+    """MQTT client id; empty means ``mica-<device.id>``."""
+    username: str = _opt("", "broker user name (empty: anonymous)")
+    """User name for the broker; empty for anonymous."""
+    password: str = _opt("", "broker password")
+    """Password for the broker."""
+    keepalive_s: int = _opt(30, "MQTT keepalive (s)", min=5, max=3600)
+    """Keepalive interval in seconds; the broker publishes the last will after 1.5x."""
+    audio_enabled: bool = _opt(False, "publish enhanced audio (off by default: privacy)")
+    """Publish the enhanced audio stream (off until enabled: privacy)."""
+    audio_stream: str = _opt("beam", "stream name, the last level of the audio topic")
+    """Stream name in ``<prefix>/<id>/audio/<stream>``."""
+    audio_chunk_ms: int = _opt(20, "audio chunk per message (ms), a multiple of the hop",
+                               min=10, max=1000)
+    """Milliseconds of audio per MQTT message (10, 20, 80 ... ; multiple of the DSP hop)."""
+    telemetry_interval_s: float = _opt(5.0, "telemetry period (s)", min=0.1, max=3600.0)
+    """Seconds between telemetry messages."""
+    max_queued_messages: int = _opt(1000, "paho outgoing queue cap (messages)", min=10,
+                                    max=1_000_000)
+    """Messages paho may queue while the broker is away; beyond it audio is dropped, counted."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    ring_blocks: int = _opt(64, "capture -> DSP queue length (blocks); oldest dropped when full",
+                            min=2, max=100_000)
+    """Blocks the capture thread may queue for the DSP thread before the oldest is dropped."""
+    out_queue_blocks: int = _opt(256, "DSP -> publisher queue length (blocks)", min=2,
+                                 max=100_000)
+    """Enhanced blocks queued for the publisher before the oldest is dropped."""
+    log_level: str = _opt("INFO", "logging level",
+                          choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    """Python logging level (logs go to stderr / journald)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+    dsp: DspConfig = field(default_factory=DspConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+    @property
+    def topic_base(self) -> str:
+        """``<prefix>/<device id>``, the start of every topic."""
+        return f"{self.mqtt.prefix}/{self.device.id}"
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or f"mica-{self.device.id}"
+
+    @property
+    def config_hash(self) -> str:
+        """First 12 hex digits of the SHA-256 of the canonical JSON of this config."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _type_name(tp: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list"}.get(tp, str(tp))
+
+
+def _check_scalar(path: str, value: Any, tp: Any, meta: dict, base_dir: Path,
+                  problems: list[str]) -> Any:
+    """Check one value against its declared type and metadata; return the value to store."""
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    if not ok:
+        problems.append(f"{path}: must be {_type_name(tp)}, got {type(value).__name__} "
+                        f"{value!r}")
+        return None
+    if "choices" in meta and value not in meta["choices"]:
+        problems.append(f"{path}: must be one of {list(meta['choices'])}, got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        problems.append(f"{path}: must be >= {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        problems.append(f"{path}: must be <= {meta['max']}, got {value!r}")
+    if tp is list:
+        for i, item in enumerate(value):
+            if "item_min" in meta and (not isinstance(item, int) or isinstance(item, bool)):
+                problems.append(f"{path}[{i}]: must be an integer, got {item!r}")
+            elif "item_min" in meta and not meta["item_min"] <= item <= meta["item_max"]:
+                problems.append(f"{path}[{i}]: must be in [{meta['item_min']}, "
+                                f"{meta['item_max']}], got {item!r}")
+    if meta.get("path") and value:
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            p = base_dir / p
+        if not p.is_file():
+            problems.append(f"{path}: file not found: {p}")
+        value = str(p)
+    return value
+
+
+def _build(cls: type, table: Any, path: str, base_dir: Path, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from a TOML table, appending every problem found."""
+    if not isinstance(table, dict):
+        problems.append(f"{path}: must be a table, got {type(table).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        sub = f"{path}.{key}" if path else key
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            problems.append(f"{sub}: unknown key (known here: {known})")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, sub, base_dir, problems)
+            continue
+        if isinstance(tp, types.GenericAlias):
+            tp = typing.get_origin(tp)
+        checked = _check_scalar(sub, value, tp, dict(fields[key].metadata), base_dir, problems)
+        if checked is not None:
+            kwargs[key] = checked
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config, problems: list[str]) -> None:
+    """Conflicts between keys that no single key shows."""
+    if cfg.capture.source == "wav" and not cfg.capture.wav_path:
+        problems.append("capture.wav_path: required when capture.source = \"wav\"")
+    if cfg.array.geometry_file and cfg.array.geometry_m:
+        problems.append("array.geometry_m: give either array.geometry_file or "
+                        "array.geometry_m, not both")
+    for i, row in enumerate(cfg.array.geometry_m):
+        if (not isinstance(row, list) or len(row) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)):
+            problems.append(f"array.geometry_m[{i}]: must be [x, y, z] in metres, got {row!r}")
+    for i, ch in enumerate(cfg.array.mic_channels):
+        if isinstance(ch, int) and not isinstance(ch, bool) and ch >= cfg.capture.channels:
+            problems.append(f"array.mic_channels[{i}]: channel {ch} does not exist "
+                            f"(capture.channels = {cfg.capture.channels})")
+    if len(set(cfg.array.mic_channels)) != len(cfg.array.mic_channels):
+        problems.append("array.mic_channels: lists a channel twice")
+    chunk = cfg.mqtt.audio_chunk_ms * cfg.dsp.fs_hz // 1000
+    if chunk % cfg.dsp.hop_samples:
+        problems.append(f"mqtt.audio_chunk_ms: {cfg.mqtt.audio_chunk_ms} ms = {chunk} samples "
+                        f"is not a multiple of dsp.hop_samples = {cfg.dsp.hop_samples}")
+
+
+def parse_config(data: dict, base_dir: Path, source: str = "config") -> Config:
+    """Build a :class:`Config` from an already parsed TOML mapping; raise on any problem."""
+    problems: list[str] = []
+    cfg = _build(Config, data, "", base_dir, problems)
+    if not problems:
+        _cross_checks(cfg, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and check a TOML config file (``None``: all defaults).
+
+    Raises:
+        ConfigError: listing every problem with its key path, or the TOML syntax error.
+    """
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError([f"file not found: {p}"], str(p)) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([f"cannot read: {err}"], str(p)) from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"not valid TOML: {err}"], str(p)) from err
+    return parse_config(data, p.resolve().parent, str(p))
+
+
+def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with some keys of some sections changed (CLI overrides)."""
+    return dataclasses.replace(
+        cfg, **{name: dataclasses.replace(getattr(cfg, name), **kv)
+                for name, kv in sections.items()})

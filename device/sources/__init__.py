@@ -1,0 +1,1 @@
+"""Audio sources: each yields :class:`mica.device.block.Block` objects."""

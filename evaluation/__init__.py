@@ -1,0 +1,1 @@
+"""The one place quality is measured: scenarios, metrics, peer adapters and the report."""

@@ -1,0 +1,1 @@
+"""The compact denoiser (weights bundle, Numba inference, statistical fallback, training recipe)."""
