@@ -1,6 +1,6 @@
 """The one place Numba options live.
 
-Every kernel is ``@kernel``: nopython, ``nogil`` (so DSP runs beside capture and MQTT
+Every kernel is ``@kernel``: ``njit`` (nopython), ``nogil`` (so DSP runs beside capture and MQTT
 threads), ``cache=True`` (compiled once into ``NUMBA_CACHE_DIR``), no fastmath (the numpy
 references must agree to float32 rounding).
 """
@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 
 import numba
 
-JIT_OPTIONS: dict[str, bool] = {"nopython": True, "nogil": True, "cache": True, "fastmath": False}
+JIT_OPTIONS: dict[str, bool] = {"nogil": True, "cache": True, "fastmath": False}
 
 F = TypeVar("F", bound=Callable)
 

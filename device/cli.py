@@ -1,0 +1,140 @@
+"""The ``mica`` command line: run, demo, enhance, config check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+
+from mica.array_dsp.errors import ConfigError, MicaError
+
+log = logging.getLogger("mica")
+
+EXIT_CONFIG = 2
+EXIT_ERROR = 1
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from mica.device.config import load_config
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.file}: ok (config hash {cfg.config_hash})")
+    return 0
+
+
+def _cmd_config_example(_: argparse.Namespace) -> int:
+    print((resources.files("mica.device") / "data" / "mica.example.toml").read_text(), end="")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mica.device.config import load_config
+    from mica.device.service import Service
+
+    cfg = load_config(args.config)
+    _setup_logging(args.log_level or cfg.service.log_level)
+    service = Service(cfg)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start()
+    log.info("running: device %s, publishing under %s/", cfg.device.id, cfg.topic_base)
+    service.wait()
+    service.stop(timeout_s=1.0)
+    return EXIT_ERROR if service.fault else 0
+
+
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    from mica.device.enhance_file import enhance_file
+
+    _setup_logging(args.log_level or "WARNING")
+    summary = enhance_file(args.input, args.output, args.array,
+                           steer_azimuth_deg=args.steer_azimuth,
+                           steer_elevation_deg=args.steer_elevation)
+    print(f"wrote {args.output}: {summary}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mica.device.cli_demo import run_demo
+
+    _setup_logging(args.log_level or "WARNING")
+    return run_demo(input_wav=args.input, array_json=args.array, broker=args.broker,
+                    out_dir=args.out_dir, seconds=args.seconds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mica", description="Microphone-array speech enhancement daemon: ALSA in, "
+        "clean speech and board health out over MQTT.")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="override the configured logging level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", type=Path, help="TOML config (default: built-in defaults)")
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="replay a recording as the array through a private "
+                          "broker and show live telemetry (no hardware needed)")
+    demo.add_argument("--input", type=Path, help="multichannel WAV (default: a generated scene)")
+    demo.add_argument("--array", type=Path, help="geometry JSON for --input")
+    demo.add_argument("--broker", help="HOST:PORT of a broker to use when no mosquitto binary "
+                      "is installed")
+    demo.add_argument("--out-dir", type=Path, help="where to write the results "
+                      "(default: a new temp folder)")
+    demo.add_argument("--seconds", type=float, default=None,
+                      help="stop after this long (default: the whole recording)")
+    demo.set_defaults(func=_cmd_demo)
+
+    enh = sub.add_parser("enhance", help="enhance a multichannel WAV file with the daemon's "
+                         "streaming chain")
+    enh.add_argument("input", type=Path, help="multichannel WAV, any rate")
+    enh.add_argument("output", type=Path, help="16 kHz mono 16-bit WAV to write")
+    enh.add_argument("--array", type=Path, required=True, help="geometry JSON (geometry_m)")
+    enh.add_argument("--steer-azimuth", type=float, default=None, metavar="DEG",
+                     help="look direction, degrees CCW from +x (default 0)")
+    enh.add_argument("--steer-elevation", type=float, default=0.0, metavar="DEG",
+                     help="look direction elevation in degrees (default 0)")
+    enh.set_defaults(func=_cmd_enhance)
+
+    config = sub.add_parser("config", help="configuration tools")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="report every problem in a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_cmd_config_check)
+    example = csub.add_parser("example", help="print the documented example config")
+    example.set_defaults(func=_cmd_config_example)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"mica: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MicaError as err:
+        print(f"mica: {err}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

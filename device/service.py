@@ -1,0 +1,302 @@
+"""The daemon: capture thread -> DSP thread -> publisher thread, with bounded queues.
+
+::
+
+    source.read() ──capture──▶ ring (drop-oldest) ──DSP──▶ Enhancer ──▶ out (drop-oldest)
+                                                                          │
+                           MQTT: audio chunks, telemetry every N s ◀──publisher──┘
+
+The capture thread only reads and enqueues; it never waits on the DSP. The DSP thread
+never waits on the network. A capture device that fails is reopened with backoff. Stop
+(SIGTERM/SIGINT or end of a file source) drains what is queued, publishes ``offline`` and
+returns within about one second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+
+from mica.array_dsp.enhancer import Enhancer
+from mica.array_dsp.errors import ConfigError, MicaError
+from mica.array_dsp.geometry import ArrayGeometry, geometry_from_list, load_geometry_json
+from mica.device.block import Block, Source
+from mica.device.config import Config
+from mica.device.mqtt_link import AudioChunker, MqttLink
+from mica.device.reblock import Reblocker
+from mica.device.ring import DropOldestQueue
+from mica.device.sources.factory import open_source
+from mica.device.stage_stats import StageStats
+from mica.device.telemetry import ProcessSampler, telemetry_payload
+
+log = logging.getLogger(__name__)
+
+REOPEN_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+"""Waits between attempts to reopen a failed capture device (the last one repeats)."""
+
+
+def mica_version() -> str:
+    try:
+        return version("mica-array")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def resolve_geometry(cfg: Config) -> ArrayGeometry:
+    """The array geometry named by the config (file or inline), checked against the channels."""
+    if cfg.array.geometry_file:
+        geometry = load_geometry_json(cfg.array.geometry_file)
+    elif cfg.array.geometry_m:
+        geometry = geometry_from_list(cfg.array.geometry_m)
+    else:
+        raise ConfigError(["array: give array.geometry_file or array.geometry_m "
+                           "(the microphone positions)"])
+    n_mics = len(cfg.array.mic_channels) or cfg.capture.channels
+    if geometry.n_channels != n_mics:
+        what = "array.mic_channels" if cfg.array.mic_channels else "capture.channels"
+        raise ConfigError([f"{what}: {n_mics} microphone channel(s) but the geometry has "
+                           f"{geometry.n_channels} row(s)"])
+    return geometry
+
+
+class Service:
+    """mica's main job on one array; ``start()``, then ``wait()``, then ``stop()``.
+
+    Args:
+        cfg: the checked configuration.
+        source_factory: opens the capture source (default: from ``cfg.capture``); called
+            again to reopen after a device failure.
+        audio_sink: also called (publisher thread) with each enhanced ``(hop,)`` block, e.g.
+            to write the audio locally when there is no broker.
+    """
+
+    def __init__(self, cfg: Config, source_factory: Callable[[], Source] | None = None,
+                 audio_sink: Callable[[np.ndarray], None] | None = None) -> None:
+        self.cfg = cfg
+        self.geometry = resolve_geometry(cfg)
+        if cfg.capture.fs_hz != cfg.dsp.fs_hz:
+            raise ConfigError([f"capture.fs_hz: {cfg.capture.fs_hz} Hz capture needs "
+                               f"resampling to dsp.fs_hz = {cfg.dsp.fs_hz}, which the daemon "
+                               "does not do yet: capture at the DSP rate"])
+        mics = list(cfg.array.mic_channels) or None
+        self._audio_sink = audio_sink
+        self._source_factory = source_factory or (lambda: open_source(cfg.capture, mics))
+        self.enhancer = Enhancer(self.geometry.positions_m, fs_hz=cfg.dsp.fs_hz,
+                                 hop_samples=cfg.dsp.hop_samples,
+                                 steer_azimuth_deg=cfg.dsp.steer_azimuth_deg,
+                                 steer_elevation_deg=cfg.dsp.steer_elevation_deg,
+                                 sound_speed_m_s=cfg.dsp.sound_speed_m_s)
+        self.ring: DropOldestQueue[Block] = DropOldestQueue(cfg.service.ring_blocks)
+        self.out: DropOldestQueue[Block] = DropOldestQueue(cfg.service.out_queue_blocks)
+        self.dsp_stats = StageStats(window=1000)
+        self.sampler = ProcessSampler()
+        self.link = MqttLink(cfg) if cfg.mqtt.enabled else None
+        self._stop = threading.Event()
+        self._finished = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._source: Source | None = None
+        self._t_start = time.monotonic()
+        self.blocks_total = 0
+        self.xruns_total = 0
+        self.device_errors_total = 0
+        self.chunks_published = 0
+        self.fault: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The retained ``info`` message."""
+        cfg = self.cfg
+        return {
+            "version": mica_version(),
+            "device_id": cfg.device.id,
+            "board": cfg.device.board,
+            "channels": self.geometry.n_channels,
+            "capture": {"source": cfg.capture.source, "device": cfg.capture.alsa_device
+                        if cfg.capture.source == "alsa" else cfg.capture.wav_path,
+                        "fs_hz": cfg.capture.fs_hz, "format": cfg.capture.format,
+                        "period_frames": cfg.capture.period_frames},
+            "geometry_m": self.geometry.positions_m.round(5).tolist(),
+            "fs_hz": cfg.dsp.fs_hz,
+            "hop_samples": cfg.dsp.hop_samples,
+            "latency_seconds": self.enhancer.latency_s,
+            "steer_azimuth_deg": cfg.dsp.steer_azimuth_deg,
+            "steer_elevation_deg": cfg.dsp.steer_elevation_deg,
+            "streams": [cfg.mqtt.audio_stream] if cfg.mqtt.audio_enabled else [],
+            "config_hash": cfg.config_hash,
+            "quality_level": "full",
+        }
+
+    def start(self) -> None:
+        """Compile the kernels, open the source, connect, and start the threads."""
+        t0 = time.monotonic()
+        self.enhancer.warmup()
+        log.info("DSP ready: %d mics, hop %d, latency %.1f ms (kernels ready in %.2f s)",
+                 self.geometry.n_channels, self.cfg.dsp.hop_samples,
+                 1e3 * self.enhancer.latency_s, time.monotonic() - t0)
+        self._source = self._source_factory()
+        if self.link is not None:
+            self.link.set_info(self.info)
+            self.link.start()
+        self._t_start = time.monotonic()
+        for name, target in (("mica-capture", self._capture_loop), ("mica-dsp", self._dsp_loop),
+                             ("mica-publish", self._publish_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def request_stop(self) -> None:
+        """Ask every thread to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until a stop is requested or a finite source is fully published."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not (self._stop.is_set() or self._finished.is_set()):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._stop.wait(0.1 if left is None else min(0.1, left))
+        return True
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Drain the queues, publish ``offline`` and join the threads (within ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic() - 0.3))
+            if thread.is_alive():
+                log.warning("thread %s did not stop in time", thread.name)
+        if self.link is not None:
+            self.link.stop(timeout_s=max(0.1, deadline - time.monotonic()))
+        log.info("stopped: %d blocks, %d xruns, %d dropped at capture, %d dropped at output",
+                 self.blocks_total, self.xruns_total, self.ring.dropped_total,
+                 self.out.dropped_total)
+
+    # ------------------------------------------------------------------ threads
+
+    def _capture_loop(self) -> None:
+        """Read blocks, enqueue them; reopen the device with backoff when it fails."""
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                source = self._source
+                if source is None:
+                    source = self._reopen(attempt)
+                    attempt += 1
+                    continue
+                try:
+                    block = source.read()
+                except MicaError as err:
+                    self.device_errors_total += 1
+                    log.error("capture failed: %s; reopening", err)
+                    self._close_source()
+                    if self.link is not None:
+                        self.link.publish_event("fault", {"kind": "device_lost",
+                                                          "message": str(err)})
+                    continue
+                if block is None:
+                    log.info("capture source ended")
+                    break
+                attempt = 0
+                self.ring.put(block)
+        finally:
+            self._close_source()
+            self.ring.close()
+
+    def _reopen(self, attempt: int) -> Source | None:
+        wait_s = REOPEN_BACKOFF_S[min(attempt, len(REOPEN_BACKOFF_S) - 1)]
+        if self._stop.wait(wait_s):
+            return None
+        try:
+            self._source = self._source_factory()
+            log.info("capture device reopened after %d attempt(s)", attempt + 1)
+            if self.link is not None:
+                self.link.publish_event("fault", {"kind": "device_back"})
+        except MicaError as err:
+            log.warning("reopen attempt %d failed: %s", attempt + 1, err)
+        return self._source
+
+    def _close_source(self) -> None:
+        if self._source is not None:
+            source, self._source = self._source, None
+            self.xruns_total += source.xruns_total
+            try:
+                source.close()
+            except Exception:  # closing a broken device must not take the thread down
+                log.exception("closing the capture source failed")
+
+    def _dsp_loop(self) -> None:
+        """Re-cut to hops, enhance, time each block, enqueue the result."""
+        hop = self.cfg.dsp.hop_samples
+        reblocker = Reblocker(self.geometry.n_channels, hop, self.cfg.dsp.fs_hz)
+        audio_s = hop / self.cfg.dsp.fs_hz
+        try:
+            while True:
+                block = self.ring.get(timeout_s=0.1)
+                if block is None:
+                    if self.ring.closed:
+                        break
+                    continue
+                for hop_block in reblocker.push(block):
+                    t0 = time.perf_counter()
+                    y = self.enhancer.process(hop_block.samples)
+                    self.dsp_stats.record(time.perf_counter() - t0, audio_s)
+                    self.out.put(Block(y[np.newaxis, :].copy(), hop_block.seq,
+                                       hop_block.t_capture_ns, hop_block.gap_frames))
+                    self.blocks_total += 1
+        except BaseException as err:  # a DSP bug: log it loudly, stop the service
+            self.fault = err
+            log.exception("DSP thread failed")
+            self._stop.set()
+        finally:
+            self.out.close()
+
+    def _publish_loop(self) -> None:
+        """Send audio chunks as they fill and telemetry every interval; drain at the end."""
+        cfg = self.cfg.mqtt
+        chunk_samples = cfg.audio_chunk_ms * self.cfg.dsp.fs_hz // 1000
+        chunker = AudioChunker(chunk_samples)
+        next_telemetry = time.monotonic() + cfg.telemetry_interval_s
+        telemetry_seq = 0
+        while True:
+            block = self.out.get(timeout_s=0.05)
+            if block is not None and self._audio_sink is not None:
+                self._audio_sink(block.samples[0])
+            if block is not None and self.link is not None and cfg.audio_enabled:
+                for pcm, seq, t_ns in chunker.push(block.samples[0], block.t_capture_ns):
+                    self.link.publish_audio(pcm, seq, t_ns, cfg.audio_stream)
+                    self.chunks_published += 1
+            now = time.monotonic()
+            if now >= next_telemetry and self.link is not None:
+                self.link.publish_telemetry(self.telemetry(telemetry_seq))
+                telemetry_seq += 1
+                next_telemetry = now + cfg.telemetry_interval_s
+            if block is None and self.out.closed:
+                break
+        if self.link is not None:
+            self.link.publish_telemetry(self.telemetry(telemetry_seq))
+        self._finished.set()
+
+    def telemetry(self, seq: int) -> dict[str, Any]:
+        """One telemetry message (see docs/mqtt.md for the fields and units)."""
+        source = self._source
+        return telemetry_payload(
+            seq=seq,
+            uptime_seconds=time.monotonic() - self._t_start,
+            process=self.sampler.sample(),
+            dsp=self.dsp_stats,
+            xruns_total=self.xruns_total + (source.xruns_total if source else 0),
+            dropped_blocks_total=self.ring.dropped_total + self.out.dropped_total,
+            dropped_audio_total=self.link.dropped_audio_total if self.link else 0,
+            blocks_total=self.blocks_total,
+            latency_seconds=self.enhancer.latency_s,
+            device_errors_total=self.device_errors_total,
+        )
