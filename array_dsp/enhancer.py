@@ -7,7 +7,7 @@ block. Later stages (VAD/DOA, MVDR, denoiser, AGC) slot in between the STFT and 
 from __future__ import annotations
 
 import numpy as np
-from mica.array_dsp.das import das_kernel
+from mica.array_dsp.das import das_kernel, das_reference
 from mica.array_dsp.geometry import ArrayGeometry
 from mica.array_dsp.steering import (
     SOUND_SPEED_M_S,
@@ -15,8 +15,9 @@ from mica.array_dsp.steering import (
     far_field_delays_s,
     rfft_freqs_hz,
     steering_vectors_into,
+    steering_vectors_reference,
 )
-from mica.array_dsp.stft import StreamingIstft, StreamingStft
+from mica.array_dsp.stft import StreamingIstft, StreamingStft, istft_reference, stft_reference
 from mica.array_dsp.validate import SignalShapeError, check_positive_int
 
 
@@ -164,3 +165,24 @@ class Enhancer:
         self.steer(self._azimuth_deg, self._elevation_deg)
         self.process(np.zeros((self.n_channels, self._hop), np.float32))
         self.reset()
+
+
+def enhance_reference(
+    signal: np.ndarray,
+    geometry_m: np.ndarray,
+    fs_hz: float = 16000,
+    hop_samples: int = 160,
+    steer_azimuth_deg: float = 0.0,
+    steer_elevation_deg: float = 0.0,
+    sound_speed_m_s: float = SOUND_SPEED_M_S,
+    reference_channel: int | None = 0,
+) -> np.ndarray:
+    """Whole-signal numpy reference of :class:`Enhancer`: ``(n_ch, n_blocks * R)`` float32
+    in, ``(n_blocks * R,)`` float32 out (same latency, no kernels)."""
+    tau_s = far_field_delays_s(
+        geometry_m, steer_azimuth_deg, steer_elevation_deg, sound_speed_m_s, reference_channel
+    )
+    weights = steering_vectors_reference(tau_s, rfft_freqs_hz(2 * hop_samples, fs_hz))
+    spectra = stft_reference(signal, hop_samples)
+    beams = np.stack([das_reference(frame, weights) for frame in spectra])
+    return istft_reference(beams, hop_samples)

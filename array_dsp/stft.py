@@ -169,6 +169,19 @@ def synthesis_reference(
     return new_overlap, summed[:hop_samples].copy()
 
 
+def istft_reference(spectra: np.ndarray, hop_samples: int) -> np.ndarray:
+    """Whole-signal reference of :class:`StreamingIstft`: ``(n_blocks * R,)`` float32.
+
+    spectra: ``(n_blocks, R + 1)`` complex; output block ``b`` is the overlap-add of the
+    second half of windowed frame ``b - 1`` and the first half of frame ``b``.
+    """
+    hop = hop_samples
+    frames = np.fft.irfft(spectra, n=2 * hop, axis=-1) * sqrt_hann(2 * hop)
+    out = frames[:, :hop].copy()
+    out[1:] += frames[:-1, hop:]
+    return out.reshape(-1).astype(np.float32)
+
+
 class StreamingIstft:
     """Block-by-block synthesis: ``(R + 1,)`` complex64 in, ``(R,)`` float32 out.
 
