@@ -13,7 +13,8 @@ Overruns: pyalsaaudio answers a read that hit an overrun with ``(-EPIPE, b"")`` 
 already re-prepared the stream. The source counts it in :attr:`AlsaSource.xruns_total`,
 drops any frames it was accumulating, reads on, and sets ``gap_frames`` on the next block to
 the frames lost, measured on the capture timeline: ``(t_capture of that block - (t_capture
-of the previous block + period)) * fs``. ``seq`` never skips.
+of the previous block + period)) * fs``; an overrun before the first block has nothing to
+measure against and gives 0. ``seq`` never skips.
 
 Every other read failure raises :class:`DeviceError` (naming the device): reopening is the
 caller's decision.
