@@ -63,15 +63,7 @@ class Enhancer:
         self._fs_hz = fs_hz
         self._hop = check_positive_int(hop_samples, "hop_samples")
         self._sound_speed_m_s = float(sound_speed_m_s)
-        if reference_channel is not None and not (
-            isinstance(reference_channel, (int, np.integer))
-            and 0 <= reference_channel < self.geometry.n_channels
-        ):
-            raise SignalShapeError(
-                f"reference_channel must be in [0, {self.geometry.n_channels - 1}] or None, "
-                f"got {reference_channel!r}"
-            )
-        self._reference_channel = None if reference_channel is None else int(reference_channel)
+        self._reference_channel = reference_channel  # checked by steer() below
         self._stft = StreamingStft(self.geometry.n_channels, self._hop)
         self._istft = StreamingIstft(self._hop)
         self._freqs_hz = rfft_freqs_hz(self._stft.frame_samples, float(fs_hz))

@@ -61,7 +61,11 @@ def far_field_delays_s(
     if reference_channel is None:
         origin_m = geom.centroid_m
     else:
-        if not 0 <= reference_channel < geom.n_channels:
+        if not (
+            isinstance(reference_channel, (int, np.integer))
+            and not isinstance(reference_channel, bool)
+            and 0 <= reference_channel < geom.n_channels
+        ):
             raise SignalShapeError(
                 f"reference_channel must be in [0, {geom.n_channels - 1}] or None, "
                 f"got {reference_channel!r}"
