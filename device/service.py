@@ -28,7 +28,7 @@ from mica.array_dsp.errors import ConfigError, MicaError
 from mica.array_dsp.geometry import ArrayGeometry, geometry_from_list, load_geometry_json
 from mica.device.block import Block, Source
 from mica.device.config import Config
-from mica.device.mqtt_link import AudioChunker, MqttLink
+from mica.device.mqtt_link import AudioChunk, AudioChunker, MqttLink
 from mica.device.reblock import Reblocker
 from mica.device.ring import DropOldestQueue
 from mica.device.sources.factory import open_source
@@ -263,7 +263,7 @@ class Service:
         """Send audio chunks as they fill and telemetry every interval; drain at the end."""
         cfg = self.cfg.mqtt
         chunk_samples = cfg.audio_chunk_ms * self.cfg.dsp.fs_hz // 1000
-        chunker = AudioChunker(chunk_samples)
+        chunker = AudioChunker(chunk_samples, self.cfg.dsp.fs_hz)
         next_telemetry = time.monotonic() + cfg.telemetry_interval_s
         telemetry_seq = 0
         while True:
@@ -271,9 +271,8 @@ class Service:
             if block is not None and self._audio_sink is not None:
                 self._audio_sink(block.samples[0])
             if block is not None and self.link is not None and cfg.audio_enabled:
-                for pcm, seq, t_ns in chunker.push(block.samples[0], block.t_capture_ns):
-                    self.link.publish_audio(pcm, seq, t_ns, cfg.audio_stream)
-                    self.chunks_published += 1
+                for chunk in chunker.push(block.samples[0], block.t_capture_ns, block.seq):
+                    self._publish_chunk(chunk)
             now = time.monotonic()
             if now >= next_telemetry and self.link is not None:
                 self.link.publish_telemetry(self.telemetry(telemetry_seq))
@@ -282,8 +281,17 @@ class Service:
             if block is None and self.out.closed:
                 break
         if self.link is not None:
+            last = chunker.flush()
+            if last is not None and cfg.audio_enabled:
+                self._publish_chunk(last)
             self.link.publish_telemetry(self.telemetry(telemetry_seq))
         self._finished.set()
+
+    def _publish_chunk(self, chunk: AudioChunk) -> None:
+        assert self.link is not None
+        self.link.publish_audio(chunk.pcm, chunk.seq, chunk.t_capture_ns,
+                                self.cfg.mqtt.audio_stream)
+        self.chunks_published += 1
 
     def telemetry(self, seq: int) -> dict[str, Any]:
         """One telemetry message (see docs/mqtt.md for the fields and units)."""
