@@ -103,23 +103,29 @@ class ProcessSampler:
     the system's load average.
 
     The first CPU figure covers the time since the sampler was created; each later one the
-    time since the previous :meth:`sample`.
+    time since the previous :meth:`sample`. The kernel counts CPU time in clock ticks (10 ms
+    at the usual 100 Hz), so a sample taken less than ``min_interval_s`` after the previous
+    one repeats the previous figure instead of measuring a window a few ticks long.
 
     Args:
         proc_root: the /proc mount (a fake tree in tests).
         pid: process to watch; ``"self"`` is this process.
         clk_tck: clock ticks per second of the stat times; ``None`` asks ``sysconf``.
         clock: monotonic wall clock in seconds (injectable for tests).
+        min_interval_s: shortest window the CPU figure is measured over.
     """
 
     def __init__(self, proc_root: str | Path = "/proc", pid: int | str = "self", *,
-                 clk_tck: int | None = None, clock: Any = time.monotonic) -> None:
+                 clk_tck: int | None = None, clock: Any = time.monotonic,
+                 min_interval_s: float = 0.25) -> None:
         self.proc_root = Path(proc_root)
         self._dir = self.proc_root / str(pid)
         self._clk_tck = clk_tck or os.sysconf("SC_CLK_TCK")
         self._clock = clock
+        self._min_interval_s = min_interval_s
         stat = self._stat()
         self._last = (clock(), stat.cpu_ticks if stat else None)
+        self._last_cpu_percent: float | None = None
 
     def _stat(self) -> _StatTimes | None:
         text = _read_text(self._dir / "stat")
@@ -142,10 +148,14 @@ class ProcessSampler:
         cpu_percent = None
         if stat is not None:
             last_t, last_ticks = self._last
-            if last_ticks is not None and now > last_t:
-                cpu_s = (stat.cpu_ticks - last_ticks) / self._clk_tck
-                cpu_percent = max(0.0, 100.0 * cpu_s / (now - last_t))
-            self._last = (now, stat.cpu_ticks)
+            if last_ticks is not None and now - last_t < self._min_interval_s:
+                cpu_percent = self._last_cpu_percent
+            else:
+                if last_ticks is not None:
+                    cpu_s = (stat.cpu_ticks - last_ticks) / self._clk_tck
+                    cpu_percent = max(0.0, 100.0 * cpu_s / (now - last_t))
+                self._last = (now, stat.cpu_ticks)
+                self._last_cpu_percent = cpu_percent
         status_text = _read_text(self._dir / "status")
         status = _status_fields(status_text) if status_text is not None else {}
         rss_bytes = _kib_to_bytes(status.get("VmRSS"))

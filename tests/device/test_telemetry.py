@@ -68,6 +68,11 @@ def test_sampler_on_fake_tree(tmp_path: Path) -> None:
     proc.now += 1.0
     proc.set(utime=330, stime=120)  # 200 ticks = 2 s CPU in 1 s: two cores busy
     assert sampler.sample().cpu_percent == pytest.approx(200.0)
+    proc.now += 0.01  # too short a window: the previous figure again
+    proc.set(utime=331, stime=120)
+    assert sampler.sample().cpu_percent == pytest.approx(200.0)
+    proc.now += 0.99  # measured from the last real window: 1 tick in 1 s
+    assert sampler.sample().cpu_percent == pytest.approx(1.0)
 
 
 def test_sampler_parses_awkward_command_names(tmp_path: Path) -> None:
@@ -95,7 +100,7 @@ def test_sampler_omits_missing_sources(tmp_path: Path) -> None:
 
 
 def test_sampler_on_real_proc() -> None:
-    sampler = ProcessSampler()
+    sampler = ProcessSampler(min_interval_s=0.05)
     t_end = time.process_time() + 0.2
     while time.process_time() < t_end:  # burn CPU on this core
         pass
