@@ -11,6 +11,7 @@ passes with unit gain and distortionless phase, and other directions add incoher
 from __future__ import annotations
 
 import numpy as np
+
 from mica.array_dsp.jit import kernel
 from mica.array_dsp.validate import check_array, check_output
 

@@ -7,6 +7,7 @@ block. Later stages (VAD/DOA, MVDR, denoiser, AGC) slot in between the STFT and 
 from __future__ import annotations
 
 import numpy as np
+
 from mica.array_dsp.das import das_kernel, das_reference
 from mica.array_dsp.geometry import ArrayGeometry
 from mica.array_dsp.steering import (

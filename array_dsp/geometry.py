@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from mica.array_dsp.errors import GeometryError
 
 MIN_SPACING_M = 1e-6

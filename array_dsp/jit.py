@@ -7,7 +7,8 @@ references must agree to float32 rounding).
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import numba
 

@@ -15,6 +15,7 @@ wave is ``X_m[k] = S[k] exp(-j 2 pi f_k tau_m)``, so the steering vector is
 from __future__ import annotations
 
 import numpy as np
+
 from mica.array_dsp.geometry import ArrayGeometry
 from mica.array_dsp.jit import kernel
 from mica.array_dsp.validate import (

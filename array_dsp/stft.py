@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.signal
+
 from mica.array_dsp.jit import kernel
 from mica.array_dsp.validate import check_array, check_positive_int
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from mica.array_dsp.errors import MicaError
 
 

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from importlib import resources
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from mica.array_dsp.errors import ConfigError, MicaError
@@ -15,6 +16,11 @@ log = logging.getLogger("mica")
 
 EXIT_CONFIG = 2
 EXIT_ERROR = 1
+
+COMMAND_GROUP = "mica.commands"
+"""Entry-point group through which packages add ``mica`` sub-commands (``mica eval`` comes
+from ``mica.evaluation`` this way, so the board code never imports the evaluation package).
+Each entry point is ``register(subparsers) -> None``; the parser it adds sets ``func``."""
 
 
 def _setup_logging(level: str) -> None:
@@ -121,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_config_check)
     example = csub.add_parser("example", help="print the documented example config")
     example.set_defaults(func=_cmd_config_example)
+
+    for ep in entry_points(group=COMMAND_GROUP):
+        try:
+            ep.load()(sub)
+        except Exception as err:  # a broken extra must not take the daemon's CLI down
+            log.warning("mica sub-command %r from %s unavailable: %s", ep.name, ep.value, err)
     return parser
 
 

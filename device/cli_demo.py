@@ -156,7 +156,7 @@ def run_demo(input_wav: Path | None = None, array_json: Path | None = None,
         service = Service(cfg, audio_sink=None if use_mqtt else local.append)
         print(f"mica demo: replaying {input_wav.name} ({cfg.capture.channels} ch) in real time, "
               f"beam at {cfg.dsp.steer_azimuth_deg:.0f} deg, algorithmic latency "
-              f"{1e3 * service.enhancer.latency_s:.1f} ms; telemetry every "
+              f"{1e3 * service.latency_s:.0f} ms; telemetry every "
               f"{cfg.mqtt.telemetry_interval_s:.0f} s:")
         service.start()
         try:
@@ -172,7 +172,7 @@ def run_demo(input_wav: Path | None = None, array_json: Path | None = None,
             audio = np.concatenate(local) if local else np.zeros(0, dtype=np.float32)
 
     sf.write(enhanced_path, audio, cfg.dsp.fs_hz, subtype="PCM_16")
-    latency = int(round(service.enhancer.latency_s * cfg.dsp.fs_hz))
+    latency = service.enhancer.latency_samples
     print(f"mica demo: {len(audio) / cfg.dsp.fs_hz:.1f} s of enhanced audio received over "
           f"{'MQTT' if use_mqtt else 'the local sink'}, {service.xruns_total} xruns, "
           f"{service.ring.dropped_total + service.out.dropped_total} blocks dropped")

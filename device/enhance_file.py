@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.signal
 import soundfile as sf
+
 from mica.array_dsp.enhancer import Enhancer
 from mica.array_dsp.errors import AudioFileError
 from mica.array_dsp.geometry import load_geometry_json

@@ -111,6 +111,12 @@ class Service:
     # ------------------------------------------------------------------ lifecycle
 
     @property
+    def latency_s(self) -> float:
+        """Algorithmic latency, sound in to sound out: one hop of block buffering plus the
+        chain's stream delay (``out[n] = in[n - stream_delay]``); DSP time comes on top."""
+        return (self.cfg.dsp.hop_samples + self.enhancer.latency_samples) / self.cfg.dsp.fs_hz
+
+    @property
     def info(self) -> dict[str, Any]:
         """The retained ``info`` message."""
         cfg = self.cfg
@@ -126,7 +132,8 @@ class Service:
             "geometry_m": self.geometry.positions_m.round(5).tolist(),
             "fs_hz": cfg.dsp.fs_hz,
             "hop_samples": cfg.dsp.hop_samples,
-            "latency_seconds": self.enhancer.latency_s,
+            "latency_seconds": self.latency_s,
+            "stream_delay_samples": self.enhancer.latency_samples,
             "steer_azimuth_deg": cfg.dsp.steer_azimuth_deg,
             "steer_elevation_deg": cfg.dsp.steer_elevation_deg,
             "streams": [cfg.mqtt.audio_stream] if cfg.mqtt.audio_enabled else [],
@@ -138,9 +145,9 @@ class Service:
         """Compile the kernels, open the source, connect, and start the threads."""
         t0 = time.monotonic()
         self.enhancer.warmup()
-        log.info("DSP ready: %d mics, hop %d, latency %.1f ms (kernels ready in %.2f s)",
-                 self.geometry.n_channels, self.cfg.dsp.hop_samples,
-                 1e3 * self.enhancer.latency_s, time.monotonic() - t0)
+        log.info("DSP ready: %d mics, hop %d, algorithmic latency %.1f ms (kernels ready in "
+                 "%.2f s)", self.geometry.n_channels, self.cfg.dsp.hop_samples,
+                 1e3 * self.latency_s, time.monotonic() - t0)
         self._source = self._source_factory()
         if self.link is not None:
             self.link.set_info(self.info)
@@ -305,6 +312,6 @@ class Service:
             dropped_blocks_total=self.ring.dropped_total + self.out.dropped_total,
             dropped_audio_total=self.link.dropped_audio_total if self.link else 0,
             blocks_total=self.blocks_total,
-            latency_seconds=self.enhancer.latency_s,
+            latency_seconds=self.latency_s,
             device_errors_total=self.device_errors_total,
         )

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mica.device.sources.pcm import FORMATS, float_to_pcm, frame_bytes
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,6 +10,7 @@ from typing import Self
 
 import numpy as np
 import soundfile as sf
+
 from mica.array_dsp.errors import AudioFileError
 from mica.device.block import Block
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mica.array_dsp.das import das_kernel, das_reference, delay_and_sum
 from mica.array_dsp.errors import MicaError
 from mica.array_dsp.steering import rfft_freqs_hz, steering_vectors

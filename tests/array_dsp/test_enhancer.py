@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mica.array_dsp.enhancer import Enhancer, enhance_reference
 from mica.array_dsp.errors import GeometryError, MicaError
 from mica.array_dsp.geometry import geometry_from_list

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mica.array_dsp.errors import GeometryError, MicaError
 from mica.array_dsp.geometry import ArrayGeometry, geometry_from_list, load_geometry_json
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mica.array_dsp.errors import GeometryError, MicaError
 from mica.array_dsp.steering import (
     SOUND_SPEED_M_S,

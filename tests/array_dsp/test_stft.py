@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mica.array_dsp.errors import MicaError
 from mica.array_dsp.stft import (
     StreamingIstft,

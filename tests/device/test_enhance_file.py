@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.signal
 import soundfile as sf
+
 from mica.array_dsp.errors import AudioFileError, GeometryError
 from mica.device.enhance_file import enhance_file
 from mica.evaluation.metrics import si_sdr_db

@@ -17,7 +17,6 @@ import pytest
 
 from mica.device.broker import PrivateBroker
 from mica.device.mqtt_link import AudioChunker, MqttLink
-
 from tests.fixtures_mqtt import config_for_broker
 
 INFO = {"version": "0.1.0", "board": "test-board", "channels": 4, "config_hash": "abc123",

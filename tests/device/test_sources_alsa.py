@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+
 from mica.array_dsp.errors import DeviceError
 from mica.device.config import CaptureConfig
 from mica.device.sources.alsa import AlsaSource, list_capture_devices
 from mica.device.sources.factory import open_source
 from mica.device.sources.wav import WavSource
-
 from tests.fixtures_alsa import FakeAlsa, marker_frame_index
 
 FS = 16000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mica.device.sources.pcm import float_to_pcm, float_to_s16le, frame_bytes, pcm_to_float
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from mica.array_dsp.errors import AudioFileError
 from mica.device.config import CaptureConfig
 from mica.device.sources.factory import open_source

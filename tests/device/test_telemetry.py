@@ -194,7 +194,8 @@ def test_telemetry_payload_fields_and_units() -> None:
     assert p["process_threads"] == 6 and p["load1"] == 0.75
     assert p["dsp_block_seconds"] == pytest.approx(
         dict(zip(("p50", "p95", "p99", "max"),
-                 [*np.percentile([0.001, 0.002, 0.003, 0.004], [50, 95, 99]), 0.004])))
+                 [*np.percentile([0.001, 0.002, 0.003, 0.004], [50, 95, 99]), 0.004],
+                 strict=True)))
     assert p["real_time_factor"] == pytest.approx(0.25)
     assert (p["xruns_total"], p["dropped_blocks_total"], p["dropped_audio_total"],
             p["blocks_total"]) == (1, 2, 3, 400)
