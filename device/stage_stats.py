@@ -9,8 +9,8 @@ Threads: one writer and any number of readers share a :class:`threading.Lock`. T
 holds it for two array stores and one integer increment; a reader holds it only while it
 copies the ring (a memcpy of ``2 * window`` floats, a few microseconds per thousand), and
 computes the percentiles on its copy after releasing it. So the DSP thread waits at most
-that long, and a reader never sees a half-written slot (numpy may release the GIL inside a large copy, so the GIL alone would not
-guarantee that).
+that long, and a reader never sees a half-written slot (numpy may release the GIL inside
+a large copy, so the GIL alone would not guarantee that).
 """
 
 from __future__ import annotations
