@@ -105,6 +105,10 @@ class Service:
         self.blocks_total = 0
         self.xruns_total = 0
         self.device_errors_total = 0
+        self.downtime_seconds_total = 0.0
+        self._lost_at: float | None = None
+        self._device_name = (cfg.capture.alsa_device if cfg.capture.source == "alsa"
+                             else cfg.capture.wav_path)
         self.chunks_published = 0
         self.fault: BaseException | None = None
 
@@ -148,7 +152,10 @@ class Service:
         log.info("DSP ready: %d mics, hop %d, algorithmic latency %.1f ms (kernels ready in "
                  "%.2f s)", self.geometry.n_channels, self.cfg.dsp.hop_samples,
                  1e3 * self.latency_s, time.monotonic() - t0)
-        self._source = self._source_factory()
+        try:
+            self._source = self._source_factory()
+        except MicaError as err:  # e.g. a USB array not plugged in yet: keep trying
+            self._device_lost(str(err))
         if self.link is not None:
             self.link.set_info(self.info)
             self.link.start()
@@ -196,18 +203,13 @@ class Service:
             while not self._stop.is_set():
                 source = self._source
                 if source is None:
-                    source = self._reopen(attempt)
+                    self._reopen(attempt)
                     attempt += 1
                     continue
                 try:
                     block = source.read()
                 except MicaError as err:
-                    self.device_errors_total += 1
-                    log.error("capture failed: %s; reopening", err)
-                    self._close_source()
-                    if self.link is not None:
-                        self.link.publish_event("fault", {"kind": "device_lost",
-                                                          "message": str(err)})
+                    self._device_lost(str(err))
                     continue
                 if block is None:
                     log.info("capture source ended")
@@ -218,18 +220,36 @@ class Service:
             self._close_source()
             self.ring.close()
 
-    def _reopen(self, attempt: int) -> Source | None:
+    def _device_lost(self, reason: str) -> None:
+        """Count and announce a failed device (``event/device_lost``), then close it."""
+        self.device_errors_total += 1
+        self._lost_at = time.monotonic()
+        log.error("capture device lost: %s; reopening with backoff", reason)
+        self._close_source()
+        if self.link is not None:
+            self.link.publish_event("device_lost", {"device": self._device_name,
+                                                    "reason": reason,
+                                                    "t_ns": time.monotonic_ns()})
+
+    def _reopen(self, attempt: int) -> None:
+        """One reopen attempt after the backoff wait; ``event/device_back`` with the downtime."""
         wait_s = REOPEN_BACKOFF_S[min(attempt, len(REOPEN_BACKOFF_S) - 1)]
         if self._stop.wait(wait_s):
-            return None
+            return
         try:
             self._source = self._source_factory()
-            log.info("capture device reopened after %d attempt(s)", attempt + 1)
-            if self.link is not None:
-                self.link.publish_event("fault", {"kind": "device_back"})
         except MicaError as err:
             log.warning("reopen attempt %d failed: %s", attempt + 1, err)
-        return self._source
+            return
+        downtime_s = time.monotonic() - (self._lost_at or time.monotonic())
+        self.downtime_seconds_total += downtime_s
+        self._lost_at = None
+        log.info("capture device back after %.2f s (%d attempt(s))", downtime_s, attempt + 1)
+        if self.link is not None:
+            self.link.publish_event("device_back", {"device": self._device_name,
+                                                    "downtime_seconds": round(downtime_s, 3),
+                                                    "attempts": attempt + 1,
+                                                    "t_ns": time.monotonic_ns()})
 
     def _close_source(self) -> None:
         if self._source is not None:
@@ -314,4 +334,8 @@ class Service:
             blocks_total=self.blocks_total,
             latency_seconds=self.latency_s,
             device_errors_total=self.device_errors_total,
+            device_downtime_seconds_total=round(self.downtime_seconds_total
+                                                + (time.monotonic() - self._lost_at
+                                                   if self._lost_at else 0.0), 3),
+            device_up=int(self._lost_at is None),
         )
