@@ -51,7 +51,8 @@ class CaptureConfig:
     """Channels captured from the device (microphones plus any other channels)."""
     fs_hz: int = _opt(16000, "capture sample rate (Hz)", min=8000, max=192000)
     """Capture sample rate in Hz."""
-    format: str = _opt("S16_LE", "ALSA sample format", choices=("S16_LE", "S32_LE"))
+    format: str = _opt("S16_LE", "ALSA sample format",
+                       choices=("S16_LE", "S24_3LE", "S32_LE"))
     """ALSA sample format."""
     period_frames: int = _opt(160, "ALSA period (frames per read); 160 = 10 ms at 16 kHz",
                               min=16, max=16384)
@@ -121,6 +122,42 @@ class MqttConfig:
     max_queued_messages: int = _opt(1000, "paho outgoing queue cap (messages)", min=10,
                                     max=1_000_000)
     """Messages paho may queue while the broker is away; beyond it audio is dropped, counted."""
+    password_file: str = _opt("", "file holding the broker password (first line)", path=True)
+    """File whose first line is the broker password (instead of ``password``, kept out of
+    the config file)."""
+    tls: bool = _opt(False, "connect with TLS")
+    """Connect over TLS (port 8883 by convention); the server is checked against
+    ``tls_ca_file`` or the system's CAs."""
+    tls_ca_file: str = _opt("", "CA certificate(s) to check the broker (empty: system CAs)",
+                            path=True)
+    """PEM file of the CA(s) that signed the broker's certificate."""
+    tls_cert_file: str = _opt("", "client certificate (PEM) for TLS client auth", path=True)
+    """Client certificate, for brokers that authenticate devices by certificate."""
+    tls_key_file: str = _opt("", "private key (PEM) of tls_cert_file", path=True)
+    """Private key of ``tls_cert_file``."""
+    telemetry_qos: int = _opt(1, "telemetry QoS (1: spooled while offline)", choices=(0, 1))
+    """QoS of telemetry; at 1 telemetry goes through the store-and-forward spool."""
+    spool_dir: str = _opt("", "store-and-forward folder (empty: in memory, lost on restart)")
+    """Folder of the on-disk store-and-forward spool (one sub-folder per device id);
+    empty keeps the backlog in memory only."""
+    spool_max_bytes: int = _opt(8 * 2 ** 20, "spool size cap (bytes); oldest dropped beyond",
+                                min=0, max=2 ** 40)
+    """Bytes of QoS 1 messages kept while the broker is away; beyond it the oldest are
+    dropped (counted). 0 disables the spool (paho's in-memory queue only)."""
+    commands_enabled: bool = _opt(True, "accept commands on <prefix>/<id>/cmd/<name>")
+    """Subscribe to ``cmd/+`` and answer on ``cmd/result``."""
+    commands_allowed: list = _opt(["mute", "unmute", "steer", "zone", "quality", "audio",
+                                   "reload"], "commands accepted (others get an error)")
+    """Allow-list of command names; the others are answered with ``not_allowed``."""
+    hermes_enabled: bool = _opt(False, "also publish audio as Rhasspy Hermes WAV frames")
+    """Publish each audio chunk as a WAV on ``hermes/audioServer/<site id>/audioFrame``
+    (only while audio is on)."""
+    hermes_site_id: str = _opt("", "Hermes siteId (empty: device.id)")
+    """Hermes site id; empty means ``device.id``."""
+    ha_discovery: bool = _opt(True, "publish Home Assistant MQTT discovery")
+    """Publish retained Home Assistant discovery configs for the telemetry sensors."""
+    ha_discovery_prefix: str = _opt("homeassistant", "Home Assistant discovery prefix")
+    """Discovery prefix configured in Home Assistant's MQTT integration."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +174,41 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class GovernorConfig:
+    enabled: bool = _opt(True, "adapt the quality level to temperature, throttling and DSP load")
+    """Let the governor lower (and raise again) the quality level; false: the best level."""
+    levels: list = _opt([], "chain names, best first (empty: every beamformer, best first)")
+    """Quality levels, best first, each a chain name (``"mvdr"``, ``"superdirective"``,
+    ``"das"``); empty means every beamformer the enhancer offers."""
+    interval_s: float = _opt(1.0, "seconds between governor readings", min=0.05, max=60.0)
+    """How often the sensors are read and the level reconsidered."""
+    root: str = _opt("/", "root holding sys/ for thermal zones and Pi throttling")
+    """Root of the tree the sensors are read from (``/`` on the board)."""
+    vcgencmd: str = _opt("vcgencmd", "command asked for Pi throttling when sysfs lacks it "
+                         "(empty: never)")
+    """Binary run as ``<vcgencmd> get_throttled`` when the firmware's sysfs attribute is
+    missing."""
+    temp_high_c: float = _opt(75.0, "temperature that lowers the level (deg C)",
+                              min=20.0, max=150.0)
+    """Hottest thermal zone at or above this lowers the quality level, one step at a time."""
+    temp_hysteresis_c: float = _opt(5.0, "cooling below temp_high_c needed to go back up "
+                                    "(deg C)", min=0.0, max=50.0)
+    """The level goes back up only below ``temp_high_c - temp_hysteresis_c``."""
+    dsp_budget: float = _opt(0.5, "share of one core the DSP may use (0.5 = 50 %)",
+                             min=0.01, max=4.0)
+    """DSP time per block over the block's audio time above this lowers the level."""
+    dsp_recover: float = _opt(0.35, "DSP share below which the level may go back up",
+                              min=0.0, max=4.0)
+    """The level goes back up only while the DSP uses less than this share of one core."""
+    min_dwell_s: float = _opt(30.0, "least time at a level before going back up (s)",
+                              min=0.0, max=86400.0)
+    """Seconds a level is held before the governor raises it again."""
+    down_dwell_s: float = _opt(3.0, "least time between two steps down (s)",
+                               min=0.0, max=3600.0)
+    """Seconds between two steps down, so each level is measured before the next."""
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
@@ -144,6 +216,7 @@ class Config:
     dsp: DspConfig = field(default_factory=DspConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    governor: GovernorConfig = field(default_factory=GovernorConfig)
 
     @property
     def topic_base(self) -> str:
@@ -245,6 +318,28 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
                             f"(capture.channels = {cfg.capture.channels})")
     if len(set(cfg.array.mic_channels)) != len(cfg.array.mic_channels):
         problems.append("array.mic_channels: lists a channel twice")
+    if cfg.mqtt.password and cfg.mqtt.password_file:
+        problems.append("mqtt.password_file: give either mqtt.password or "
+                        "mqtt.password_file, not both")
+    if bool(cfg.mqtt.tls_cert_file) != bool(cfg.mqtt.tls_key_file):
+        problems.append("mqtt.tls_key_file: mqtt.tls_cert_file and mqtt.tls_key_file go "
+                        "together")
+    for i, name in enumerate(cfg.mqtt.commands_allowed):
+        if not isinstance(name, str):
+            problems.append(f"mqtt.commands_allowed[{i}]: must be a string, got {name!r}")
+    for key in ("prefix", "audio_stream", "hermes_site_id", "ha_discovery_prefix"):
+        value = getattr(cfg.mqtt, key)
+        if any(c in value for c in "+#\0") or (key != "prefix" and "/" in value):
+            problems.append(f"mqtt.{key}: no MQTT wildcard{'' if key == 'prefix' else ' or /'} "
+                            f"allowed, got {value!r}")
+    if any(c in cfg.device.id for c in "/+#\0") or not cfg.device.id:
+        problems.append(f"device.id: must be one non-empty topic level, got {cfg.device.id!r}")
+    for i, name in enumerate(cfg.governor.levels):
+        if not isinstance(name, str):
+            problems.append(f"governor.levels[{i}]: must be a chain name, got {name!r}")
+    if cfg.governor.dsp_recover > cfg.governor.dsp_budget:
+        problems.append(f"governor.dsp_recover: {cfg.governor.dsp_recover} is above "
+                        f"governor.dsp_budget = {cfg.governor.dsp_budget}")
     chunk = cfg.mqtt.audio_chunk_ms * cfg.dsp.fs_hz // 1000
     if chunk % cfg.dsp.hop_samples:
         problems.append(f"mqtt.audio_chunk_ms: {cfg.mqtt.audio_chunk_ms} ms = {chunk} samples "

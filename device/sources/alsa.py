@@ -111,6 +111,7 @@ class AlsaSource:
         self._frame_bytes = frame_bytes(format, channels)
         self._period_ns = self.period_frames * _NS // self.fs_hz
         fmt_code = {"S16_LE": alsaaudio.PCM_FORMAT_S16_LE,
+                    "S24_3LE": alsaaudio.PCM_FORMAT_S24_3LE,
                     "S32_LE": alsaaudio.PCM_FORMAT_S32_LE}[format]
         try:
             pcm = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, alsaaudio.PCM_NORMAL, device=device,

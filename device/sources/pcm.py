@@ -1,7 +1,8 @@
 """Integer PCM bytes <-> float32 blocks: the only place mica touches integer samples.
 
-Interleaved little-endian PCM (``S16_LE`` or ``S32_LE``) decodes to ``(n_ch, n)`` float32 by
-dividing by ``2**15`` / ``2**31``, so full scale maps to [-1, 1). Encoding multiplies back,
+Interleaved little-endian PCM (``S16_LE``, ``S24_3LE`` — packed 3-byte samples, as USB arrays
+and I2S codecs deliver them — or ``S32_LE``) decodes to ``(n_ch, n)`` float32 by dividing by
+``2**15`` / ``2**23`` / ``2**31``, so full scale maps to [-1, 1). Encoding multiplies back,
 rounds to nearest and clips to the integer range (NaN encodes as 0), so
 ``pcm_to_float(float_to_pcm(x))`` returns ``x`` exactly when ``x`` is already on the integer
 grid and inside [-1, 1).
@@ -14,8 +15,21 @@ import numpy as np
 #: ALSA format name -> (numpy dtype of one sample, bytes per sample, full-scale exponent).
 FORMATS: dict[str, tuple[str, int, int]] = {
     "S16_LE": ("<i2", 2, 15),
+    "S24_3LE": ("<i4", 3, 23),  # packed: widened to int32 on decode, narrowed on encode
     "S32_LE": ("<i4", 4, 31),
 }
+
+
+def _unpack_s24_3le(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """Packed little-endian 24-bit samples -> sign-extended int32 ``(n_samples,)``."""
+    b = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+    ints = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    return (ints << 8) >> 8  # arithmetic shift restores the sign of bit 23
+
+
+def _pack_s24_3le(ints: np.ndarray) -> bytes:
+    """int32 samples in the 24-bit range -> packed little-endian 3-byte samples."""
+    return ints.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
 
 
 def _format(fmt: str) -> tuple[str, int, int]:
@@ -38,7 +52,7 @@ def pcm_to_float(data: bytes | bytearray | memoryview, n_channels: int, fmt: str
     Args:
         data: whole frames of interleaved samples (``n_channels`` per frame).
         n_channels: channels interleaved in ``data``.
-        fmt: ``"S16_LE"`` or ``"S32_LE"``.
+        fmt: ``"S16_LE"``, ``"S24_3LE"`` or ``"S32_LE"``.
         out: optional preallocated C-contiguous float32 ``(n_out_ch, n_frames)`` array to
             fill (no other array is allocated then); a new one is made when ``None``.
         select: channels of ``data`` to keep, in this order (``None``: all, in order).
@@ -54,7 +68,8 @@ def pcm_to_float(data: bytes | bytearray | memoryview, n_channels: int, fmt: str
     fb = width * n_channels
     if len(data) % fb:
         raise ValueError(f"{len(data)} bytes is not a whole number of {fb}-byte frames")
-    ints = np.frombuffer(data, dtype=dtype).reshape(-1, n_channels)
+    flat = _unpack_s24_3le(data) if width == 3 else np.frombuffer(data, dtype=dtype)
+    ints = flat.reshape(-1, n_channels)
     if select is not None:
         bad = [c for c in select if not 0 <= c < n_channels]
         if bad:
@@ -76,7 +91,7 @@ def float_to_pcm(samples: np.ndarray, fmt: str = "S16_LE") -> bytes:
 
     Args:
         samples: ``(n,)`` mono or ``(n_ch, n)`` multichannel, nominally in [-1, 1].
-        fmt: ``"S16_LE"`` (the MQTT audio format) or ``"S32_LE"``.
+        fmt: ``"S16_LE"`` (the MQTT audio format), ``"S24_3LE"`` or ``"S32_LE"``.
 
     Returns:
         ``n * n_ch * bytes_per_sample`` bytes, frame-interleaved. Values beyond full scale
@@ -92,6 +107,8 @@ def float_to_pcm(samples: np.ndarray, fmt: str = "S16_LE") -> bytes:
     scaled *= 2.0 ** bits
     np.rint(scaled, out=scaled)
     np.clip(scaled, -(2.0 ** bits), 2.0 ** bits - 1, out=scaled)
+    if fmt == "S24_3LE":
+        return _pack_s24_3le(scaled.astype(np.int32).reshape(-1))
     return np.ascontiguousarray(scaled.astype(dtype)).tobytes()
 
 

@@ -33,6 +33,16 @@ def test_s32_round_trips_and_extremes() -> None:
     assert np.all(np.abs(pcm_to_float(full.tobytes(), 2, "S32_LE")) <= 1.0)
 
 
+def test_s24_3le_round_trips_with_sign_and_extremes() -> None:
+    ints = np.array([0, 1, -1, 2**23 - 1, -(2**23), 0x123456, -0x123456], dtype=np.int64)
+    packed = b"".join(int(v & 0xFFFFFF).to_bytes(3, "little") for v in ints)
+    x = pcm_to_float(packed, 1, "S24_3LE")
+    np.testing.assert_array_equal(x[0], (ints / 2**23).astype(np.float32))
+    assert float_to_pcm(x, "S24_3LE") == packed
+    assert frame_bytes("S24_3LE", 6) == 18
+    assert float_to_pcm(np.array([2.0, -2.0]), "S24_3LE") == bytes.fromhex("ffff7f000080")
+
+
 def test_channel_order_is_interleaved_frames() -> None:
     frames = np.array([[1, 2, 3], [4, 5, 6]], dtype="<i2")     # 2 frames of 3 channels
     x = pcm_to_float(frames.tobytes(), 3, "S16_LE") * 32768
@@ -76,7 +86,7 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="whole number"):
         pcm_to_float(b"\x00" * 7, 2, "S16_LE")
     with pytest.raises(ValueError, match="unsupported"):
-        pcm_to_float(b"", 1, "S24_3LE")
+        pcm_to_float(b"", 1, "S24_LE")
     with pytest.raises(ValueError, match="out of range"):
         pcm_to_float(b"\x00" * 8, 2, "S16_LE", select=[2])
     with pytest.raises(ValueError):
