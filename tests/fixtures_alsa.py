@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mica.device.sources.pcm import FORMATS, float_to_pcm, frame_bytes
+from mica.device.sources.pcm import float_to_pcm, frame_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER_PCMS = ("mic4", "mic8")
