@@ -75,3 +75,41 @@ def test_equals_correlation_form() -> None:
 def test_invalid_input(est: np.ndarray, ref: np.ndarray, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         si_sdr_db(est, ref)
+
+
+def speechlike(seconds: float = 3.0, fs_hz: int = 16000, seed: int = 3) -> np.ndarray:
+    """Amplitude-modulated harmonic tone bursts: PESQ/STOI need speech-like activity."""
+    t = np.arange(int(seconds * fs_hz)) / fs_hz
+    rng = np.random.default_rng(seed)
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / fs_hz
+    x = sum(np.sin(k * phase) / k for k in range(1, 20))
+    env = (np.sin(2 * np.pi * 3 * t) > -0.2).astype(float)
+    return 0.1 * x * env + 1e-3 * rng.standard_normal(t.size)
+
+
+def test_pesq_of_identical_signals_is_the_ceiling() -> None:
+    from mica.evaluation.metrics import pesq_wb
+
+    x = speechlike()
+    assert pesq_wb(x, x) == pytest.approx(4.64, abs=0.05)
+    noisy = x + 0.05 * np.random.default_rng(9).standard_normal(x.size)
+    assert pesq_wb(noisy, x) < 2.5
+
+
+def test_stoi_of_identical_signals_is_one_and_drops_with_noise() -> None:
+    from mica.evaluation.metrics import stoi_score
+
+    x = speechlike()
+    assert stoi_score(x, x) == pytest.approx(1.0, abs=1e-6)
+    noisy = x + 0.2 * np.random.default_rng(9).standard_normal(x.size)
+    assert stoi_score(noisy, x) < 0.8
+
+
+def test_pesq_stoi_reject_mismatched_lengths() -> None:
+    from mica.evaluation.metrics import pesq_wb, stoi_score
+
+    with pytest.raises(ValueError):
+        pesq_wb(np.zeros(100), np.zeros(101))
+    with pytest.raises(ValueError):
+        stoi_score(np.zeros(100), np.zeros(101))
