@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mica.device.stage_stats import StageStats, StageSummary
 
@@ -250,3 +253,71 @@ def telemetry_payload(*, seq: int, uptime_seconds: float | None = None,
     payload = {k: v for k, v in fields.items() if v is not None}
     payload.update(extra)
     return payload
+
+
+class ChannelLevels:
+    """Per-channel level of the raw microphone blocks over a telemetry window.
+
+    The DSP thread calls :meth:`add` with each ``(n_ch, n)`` input block (a few vectorised
+    reductions, no allocation beyond small ``(n_ch,)`` arrays); the telemetry timer calls
+    :meth:`take`, which returns the window's figures and starts a new window. Both hold a
+    lock for a handful of array operations only.
+
+    A channel is *dead* when its samples did not change at all during the window (stuck or
+    digital silence) or, with two channels or more, when its RMS is more than
+    ``dead_below_db`` under the median RMS of the array (a broken or covered capsule).
+
+    Args:
+        n_channels: channels per block.
+        clip_level: absolute sample value counted as clipping (full scale is 1.0).
+        dead_below_db: how far under the array's median RMS a live channel never falls.
+    """
+
+    def __init__(self, n_channels: int, clip_level: float = 0.999,
+                 dead_below_db: float = 30.0) -> None:
+        self.n_channels = int(n_channels)
+        self.clip_level = float(clip_level)
+        self._dead_ratio = 10.0 ** (-dead_below_db / 20.0)
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        n = self.n_channels
+        self._sumsq = np.zeros(n, np.float64)
+        self._min = np.full(n, np.inf)
+        self._max = np.full(n, -np.inf)
+        self._clipped = np.zeros(n, np.int64)
+        self._samples = 0
+
+    def add(self, block: np.ndarray) -> None:
+        """Account one ``(n_channels, n)`` float block."""
+        lo = block.min(axis=1)
+        hi = block.max(axis=1)
+        sumsq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        clipped = np.count_nonzero(np.abs(block) >= self.clip_level, axis=1)
+        with self._lock:
+            self._sumsq += sumsq
+            np.minimum(self._min, lo, out=self._min)
+            np.maximum(self._max, hi, out=self._max)
+            self._clipped += clipped
+            self._samples += block.shape[1]
+
+    def take(self) -> dict[str, Any]:
+        """The window's ``channel_*`` telemetry fields (empty before the first block)."""
+        with self._lock:
+            sumsq, lo, hi, clipped, n = (self._sumsq, self._min, self._max, self._clipped,
+                                         self._samples)
+            self._reset()
+        if n == 0:
+            return {}
+        rms = np.sqrt(sumsq / n)
+        peak = np.maximum(np.abs(lo), np.abs(hi))
+        dead = hi <= lo
+        if self.n_channels >= 2:
+            dead |= rms < np.median(rms) * self._dead_ratio
+        return {
+            "channel_rms_ratio": [round(float(v), 6) for v in rms],
+            "channel_peak_ratio": [round(float(v), 6) for v in peak],
+            "channel_clipping_ratio": [round(float(c) / n, 6) for c in clipped],
+            "channel_dead": [bool(d) for d in dead],
+        }

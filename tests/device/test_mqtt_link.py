@@ -159,7 +159,8 @@ def test_audio_dropped_and_counted_while_disconnected() -> None:
             assert not link.publish_audio(b"\0\0" * 320, seq, seq, "beam")
         assert time.monotonic() - t0 < 0.5
         assert link.dropped_audio_total == 100
-        assert not link.publish_telemetry({"seq": 0})
+        assert link.publish_telemetry({"seq": 0})  # QoS 1: waits in the spool
+        assert link.spool is not None and len(link.spool) == 1
     finally:
         t0 = time.monotonic()
         link.stop(timeout_s=1.0)
@@ -241,7 +242,7 @@ def test_telemetry_and_events(mqtt_config, mqtt_subscriber) -> None:
         assert link.publish_event("speech_start", {"t_capture_ns": 123})
         assert link.publish_event("fault", {"kind": "device_lost"})
         (tele,) = sub.wait_count(f"{base}/telemetry", 1)
-        assert json.loads(tele.payload) == telemetry and tele.qos == 0 and not tele.retain
+        assert json.loads(tele.payload) == telemetry and tele.qos == 1 and not tele.retain
         sub.wait_count(f"{base}/event/fault", 1)
         speech = sub.messages(f"{base}/event/speech_start")
         assert json.loads(speech[0].payload) == {"t_capture_ns": 123} and speech[0].qos == 1
