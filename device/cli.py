@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -45,13 +49,34 @@ def _cmd_config_example(_: argparse.Namespace) -> int:
     return 0
 
 
+STALL_ENV = "MICA_TEST_STALL_DSP_AFTER_S"
+"""Fault injection for the watchdog tests: when set, the DSP thread blocks for good this many
+seconds after its first block, so systemd sees the watchdog pings stop."""
+
+
+def _stall_hook() -> Callable[[object], None] | None:
+    value = os.environ.get(STALL_ENV)
+    if not value:
+        return None
+    after_s = float(value)
+    state: dict[str, float] = {}
+
+    def hook(_block: object) -> None:
+        t0 = state.setdefault("t0", time.monotonic())
+        if time.monotonic() - t0 >= after_s:
+            log.warning("%s: stalling the DSP thread for good", STALL_ENV)
+            threading.Event().wait()
+
+    return hook
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mica.device.config import load_config
     from mica.device.service import Service
 
     cfg = load_config(args.config)
     _setup_logging(args.log_level or cfg.service.log_level)
-    service = Service(cfg)
+    service = Service(cfg, dsp_hook=_stall_hook())
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)

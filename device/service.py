@@ -28,9 +28,20 @@ from mica.array_dsp.errors import ConfigError, MicaError
 from mica.array_dsp.geometry import ArrayGeometry, geometry_from_list, load_geometry_json
 from mica.device.block import Block, Source
 from mica.device.config import Config
+from mica.device.governor import (
+    DspLoadMeter,
+    Governor,
+    GovernorLoop,
+    GovernorSettings,
+    LevelChange,
+    apply_level,
+    board_sensors,
+    resolve_levels,
+)
 from mica.device.mqtt_link import AudioChunk, AudioChunker, MqttLink
 from mica.device.reblock import Reblocker
 from mica.device.ring import DropOldestQueue
+from mica.device.sd_notify import Notifier, Watchdog
 from mica.device.sources.factory import open_source
 from mica.device.stage_stats import StageStats
 from mica.device.telemetry import ProcessSampler, telemetry_payload
@@ -74,10 +85,16 @@ class Service:
             again to reopen after a device failure.
         audio_sink: also called (publisher thread) with each enhanced ``(hop,)`` block, e.g.
             to write the audio locally when there is no broker.
+        dsp_hook: called in the DSP thread with each hop before it is processed, inside the
+            block's timing (a test hook: one that blocks stalls the DSP and the watchdog
+            pings stop; one that sleeps loads the DSP budget).
+        notifier: the systemd notify socket (default: ``$NOTIFY_SOCKET``, no-op without).
     """
 
     def __init__(self, cfg: Config, source_factory: Callable[[], Source] | None = None,
-                 audio_sink: Callable[[np.ndarray], None] | None = None) -> None:
+                 audio_sink: Callable[[np.ndarray], None] | None = None,
+                 dsp_hook: Callable[[Block], None] | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.geometry = resolve_geometry(cfg)
         if cfg.capture.fs_hz != cfg.dsp.fs_hz:
@@ -111,6 +128,23 @@ class Service:
                              else cfg.capture.wav_path)
         self.chunks_published = 0
         self.fault: BaseException | None = None
+        self._dsp_hook = dsp_hook
+        self.notifier = notifier or Notifier()
+        self.watchdog = Watchdog(self.notifier)
+        self.startup_seconds: float | None = None
+        self.ready = threading.Event()
+        gcfg = cfg.governor
+        levels = resolve_levels(gcfg.levels, best=getattr(self.enhancer, "beamformer", None))
+        self.governor = Governor(levels, GovernorSettings(
+            temp_high_c=gcfg.temp_high_c, temp_hysteresis_c=gcfg.temp_hysteresis_c,
+            dsp_budget=gcfg.dsp_budget, dsp_recover=gcfg.dsp_recover,
+            min_dwell_s=gcfg.min_dwell_s, down_dwell_s=gcfg.down_dwell_s))
+        self._load_meter = DspLoadMeter(self.dsp_stats, self.governor.settings.min_blocks)
+        temperature, throttled = board_sensors(gcfg.root, gcfg.vcgencmd or None)
+        self.governor_loop = GovernorLoop(
+            self.governor, temperature, throttled,
+            lambda: self._load_meter.load(cfg.dsp.hop_samples / cfg.dsp.fs_hz),
+            self._on_quality_change, gcfg.interval_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -142,12 +176,15 @@ class Service:
             "steer_elevation_deg": cfg.dsp.steer_elevation_deg,
             "streams": [cfg.mqtt.audio_stream] if cfg.mqtt.audio_enabled else [],
             "config_hash": cfg.config_hash,
-            "quality_level": "full",
+            "quality_level": self.governor.level_name,
+            "quality_levels": list(self.governor.levels),
+            "startup_seconds": self.startup_seconds,
         }
 
     def start(self) -> None:
         """Compile the kernels, open the source, connect, and start the threads."""
         t0 = time.monotonic()
+        self.notifier.status("starting: compiling or loading the DSP kernels")
         self.enhancer.warmup()
         log.info("DSP ready: %d mics, hop %d, algorithmic latency %.1f ms (kernels ready in "
                  "%.2f s)", self.geometry.n_channels, self.cfg.dsp.hop_samples,
@@ -156,6 +193,7 @@ class Service:
             self._source = self._source_factory()
         except MicaError as err:  # e.g. a USB array not plugged in yet: keep trying
             self._device_lost(str(err))
+        self.startup_seconds = _process_age_s(self.sampler, t0)
         if self.link is not None:
             self.link.set_info(self.info)
             self.link.start()
@@ -165,6 +203,40 @@ class Service:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.cfg.governor.enabled:
+            self.governor_loop.start()
+        if self._source is not None:
+            self._announce_ready()
+
+    def _announce_ready(self) -> None:
+        """``READY=1`` once: kernels are compiled or loaded and the source is open."""
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("ready %.2f s after process start", self.startup_seconds or 0.0)
+            self.notifier.ready(self._status_line())
+        else:
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        """The human ``STATUS=`` line for systemctl status."""
+        if self._lost_at is not None:
+            return f"degraded: capture device {self._device_name} lost, reopening"
+        return (f"capturing: {self.geometry.n_channels} mics at {self.cfg.dsp.fs_hz} Hz, "
+                f"quality {self.governor.level_name}")
+
+    def _on_quality_change(self, change: LevelChange) -> None:
+        """Governor thread: announce a level change; the DSP thread applies it."""
+        self._load_meter.restart()
+        if self.link is not None:
+            self.link.publish_event("quality", change.event())
+            self.link.set_info(self.info)
+        self.notifier.status(self._status_line())
+
+    def set_quality_level(self, index: int, reason: str = "requested") -> None:
+        """Force quality level ``index`` (0 = best), e.g. from a command."""
+        change = self.governor.set_level(index, reason)
+        if change is not None:
+            self._on_quality_change(change)
 
     def request_stop(self) -> None:
         """Ask every thread to finish (safe from a signal handler)."""
@@ -184,6 +256,8 @@ class Service:
         """Drain the queues, publish ``offline`` and join the threads (within ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
         self._stop.set()
+        self.notifier.stopping()
+        self.governor_loop.stop()
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic() - 0.3))
             if thread.is_alive():
@@ -226,6 +300,7 @@ class Service:
         self._lost_at = time.monotonic()
         log.error("capture device lost: %s; reopening with backoff", reason)
         self._close_source()
+        self.notifier.status(self._status_line())
         if self.link is not None:
             self.link.publish_event("device_lost", {"device": self._device_name,
                                                     "reason": reason,
@@ -245,6 +320,7 @@ class Service:
         self.downtime_seconds_total += downtime_s
         self._lost_at = None
         log.info("capture device back after %.2f s (%d attempt(s))", downtime_s, attempt + 1)
+        self._announce_ready()
         if self.link is not None:
             self.link.publish_event("device_back", {"device": self._device_name,
                                                     "downtime_seconds": round(downtime_s, 3),
@@ -265,20 +341,30 @@ class Service:
         hop = self.cfg.dsp.hop_samples
         reblocker = Reblocker(self.geometry.n_channels, hop, self.cfg.dsp.fs_hz)
         audio_s = hop / self.cfg.dsp.fs_hz
+        applied = 0  # the governor's level the enhancer runs (0: as constructed, the best)
+        apply_level(self.enhancer, self.governor.levels[0])
         try:
             while True:
                 block = self.ring.get(timeout_s=0.1)
                 if block is None:
                     if self.ring.closed:
                         break
+                    if self._lost_at is not None:  # no device: waiting for it is progress
+                        self.watchdog.progress()
                     continue
                 for hop_block in reblocker.push(block):
+                    if self.governor.level != applied:  # between blocks, in this thread
+                        applied = self.governor.level
+                        apply_level(self.enhancer, self.governor.levels[applied])
                     t0 = time.perf_counter()
+                    if self._dsp_hook is not None:  # timed: a slow hook is a slow DSP
+                        self._dsp_hook(hop_block)
                     y = self.enhancer.process(hop_block.samples)
                     self.dsp_stats.record(time.perf_counter() - t0, audio_s)
                     self.out.put(Block(y[np.newaxis, :].copy(), hop_block.seq,
                                        hop_block.t_capture_ns, hop_block.gap_frames))
                     self.blocks_total += 1
+                    self.watchdog.progress()
         except BaseException as err:  # a DSP bug: log it loudly, stop the service
             self.fault = err
             log.exception("DSP thread failed")
@@ -338,4 +424,12 @@ class Service:
                                                 + (time.monotonic() - self._lost_at
                                                    if self._lost_at else 0.0), 3),
             device_up=int(self._lost_at is None),
+            quality_level=self.governor.level_name,
+            quality_level_index=self.governor.level,
         )
+
+
+def _process_age_s(sampler: ProcessSampler, fallback_t0: float) -> float:
+    """Seconds since this process started (/proc), or since ``fallback_t0`` (monotonic)."""
+    age = sampler.sample().uptime_s
+    return round(age if age is not None else time.monotonic() - fallback_t0, 3)
