@@ -83,6 +83,12 @@ TEST_OVERRIDES = {
 }
 
 
+def _python_dirs() -> list[str]:
+    """Where this interpreter lives: the venv and the base installation its python links to."""
+    real = Path(os.path.realpath(sys.executable)).parent.parent
+    return sorted({sys.prefix, sys.base_prefix, str(real)})
+
+
 def _test_unit(config: Path, out: Path, alsa_conf: str, cache: Path, stall_after_s: float,
                watchdog_s: int) -> str:
     """mica.service with the test's program, config, shorter timers and fault injection.
@@ -97,7 +103,8 @@ def _test_unit(config: Path, out: Path, alsa_conf: str, cache: Path, stall_after
             continue
         if line.startswith("Environment=NUMBA_CACHE_DIR="):
             continue
-        if line == "ProtectHome=yes" and sys.prefix.startswith(("/root", "/home")):
+        if line == "ProtectHome=yes" and any(p.startswith(("/root", "/home"))
+                                             for p in _python_dirs()):
             line = "ProtectHome=tmpfs"  # the same, but the binds below can reach into it
         lines.append(line)
         if line == "[Unit]":
@@ -115,7 +122,7 @@ def _test_unit(config: Path, out: Path, alsa_conf: str, cache: Path, stall_after
                 f"StandardOutput=append:{out}/svc.log",
                 "StandardError=inherit",
                 # the test's files live under /tmp and /root (PrivateTmp, ProtectHome hide them)
-                f"BindReadOnlyPaths={sys.prefix} {REPO} {config.parent} "
+                f"BindReadOnlyPaths={' '.join(_python_dirs())} {REPO} {config.parent} "
                 f"{Path(alsa_conf).parent}",
                 f"BindPaths={cache} {out}",
             ]
