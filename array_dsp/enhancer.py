@@ -1,15 +1,33 @@
-"""The streaming enhancement chain: STFT -> delay-and-sum beamformer -> ISTFT.
+"""The streaming enhancement chain: STFT -> SPP / DOA -> beamformer -> ISTFT.
 
-One ``(n_ch, R)`` float32 block in, one ``(R,)`` float32 block out, no allocation per
-block. Later stages (VAD/DOA, MVDR, denoiser, AGC) slot in between the STFT and the ISTFT.
+One ``(n_ch, R)`` float32 block in, one ``(R,)`` float32 block out, no array allocation per
+block. Per block, in order: dead-channel check (:mod:`channels`), STFT, speech-presence
+probability (:mod:`spp`, or a caller's mask), SPP-weighted spatial covariances
+(:mod:`covariance`, when MVDR or DOA needs them), SRP-PHAT DOA and tracker (:mod:`doa`,
+every few frames; it can steer the beam), the beamformer (:data:`BEAMFORMERS`), ISTFT.
+Later stages (denoiser, AGC) slot in between the beamformer and the ISTFT.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
 import numpy as np
 
+from mica.array_dsp.channels import ChannelMonitor, ChannelParams
+from mica.array_dsp.covariance import covariance_update_kernel
 from mica.array_dsp.das import das_kernel, das_reference
+from mica.array_dsp.doa import DoaParams, DoaTracker, peak_azimuth_deg, srp_phat_kernel
 from mica.array_dsp.geometry import ArrayGeometry
+from mica.array_dsp.mvdr import (
+    beamform_kernel,
+    diffuse_coherence_kernel,
+    mvdr_weights_kernel,
+    rtf_kernel,
+)
+from mica.array_dsp.spp import SpeechPresence, SppParams, VadParams, VoiceActivity
 from mica.array_dsp.steering import (
     SOUND_SPEED_M_S,
     direction_unit,
@@ -19,11 +37,64 @@ from mica.array_dsp.steering import (
     steering_vectors_reference,
 )
 from mica.array_dsp.stft import StreamingIstft, StreamingStft, istft_reference, stft_reference
-from mica.array_dsp.validate import SignalShapeError, check_positive_int
+from mica.array_dsp.validate import SignalShapeError, check_array, check_positive_int
+
+BEAMFORMERS: tuple[str, ...] = ("das", "superdirective", "mvdr")
+"""Beamformer names :class:`Enhancer` accepts (``beamformer=``), fixed first."""
+
+
+@dataclass(frozen=True)
+class BeamformerParams:
+    """Tuning of the adaptive parts of :class:`Enhancer` (defaults measured on the corpus).
+
+    Attributes:
+        noise_alpha: noise covariance forgetting factor per frame (memory ``1/(1-a)`` frames).
+        speech_alpha: noisy-speech covariance forgetting factor per frame.
+        loading: MVDR diagonal loading relative to ``tr(Phi_n) / M``.
+        superdirective_loading: loading of the diffuse coherence matrix.
+        wng_floor_db: white-noise-gain floor (dB); loading grows tenfold until it holds.
+        max_loading_steps: at most this many tenfold loading increases.
+        rtf: estimate the target RTF from the covariances (else geometry only).
+        rtf_iterations: power iterations per frame (warm-started).
+        rtf_min_speech_frames: speech frames (sum of SPP) a bin needs before its RTF is used.
+        rtf_min_match: least normalised match ``|g^H h|^2 / (|g|^2 |h|^2)`` of the RTF with
+            the geometric look direction; below it the geometric vector is used.
+        rtf_min_snr_db: least whitened speech-to-noise ratio of a bin for its RTF (dB).
+        spp, vad, doa, channels: the stages' own parameters.
+    """
+
+    noise_alpha: float = 0.99
+    speech_alpha: float = 0.98
+    loading: float = 1e-3
+    superdirective_loading: float = 1e-2
+    wng_floor_db: float = -10.0
+    max_loading_steps: int = 6
+    rtf: bool = True
+    rtf_iterations: int = 1
+    rtf_min_speech_frames: float = 20.0
+    rtf_min_match: float = 0.5
+    rtf_min_snr_db: float = 0.0
+    spp: SppParams = field(default_factory=SppParams)
+    vad: VadParams = field(default_factory=VadParams)
+    doa: DoaParams = field(default_factory=DoaParams)
+    channels: ChannelParams = field(default_factory=ChannelParams)
+
+
+class Postfilter(Protocol):
+    """A per-frame spectral stage after the beamformer (the denoiser, in ``mica.models``):
+    ``process(spec)`` takes the ``(n_bins,)`` complex64 beam spectrum and returns the one to
+    synthesize; after it, ``speech_mask`` is its ``(n_bins,)`` speech probability (pass it
+    as ``speech_mask=`` to the next :meth:`Enhancer.process` for mask-based beamforming)."""
+
+    speech_mask: np.ndarray
+
+    def process(self, spec: np.ndarray) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
 
 
 class Enhancer:
-    """Delay-and-sum speech enhancer for one microphone array, block by block.
+    """Beamforming speech enhancer for one microphone array, block by block.
 
     Args:
         geometry_m: ``(n_ch, 3)`` microphone positions in metres (or an
@@ -35,11 +106,20 @@ class Enhancer:
         reference_channel: microphone the output is phase-aligned to (``None``: the array
             centroid). Default 0, so the output lines up with channel 0 of the input, the
             reference every metric here is computed against.
+        postfilter: optional :class:`Postfilter` (denoiser) applied to the beam spectrum
+            before the ISTFT; it must add no latency.
+        beamformer: one of :data:`BEAMFORMERS` (default ``"das"``, delay-and-sum).
+        auto_steer: follow the tracked DOA of the talker (implies ``track_doa``).
+        track_doa: run SRP-PHAT and the tracker (:attr:`doa_azimuth_deg`).
+        exclude_dead_channels: leave dead/stuck microphones out of every stage.
+        params: :class:`BeamformerParams`.
 
     Output sample ``n`` is the beamformed input sample ``n - latency_samples``: a plane
     wave from the look direction comes out exactly as it arrived at the reference
-    microphone, delayed by ``latency_samples``. Not thread-safe: call :meth:`process`,
-    :meth:`steer` and :meth:`reset` from one thread (the DSP thread).
+    microphone, delayed by ``latency_samples``. After each :meth:`process`:
+    :attr:`speech_presence` (``(n_bins,)`` SPP), :attr:`speech_probability`,
+    :attr:`speech_active`, :attr:`doa_azimuth_deg`, :attr:`active_channels`. Not
+    thread-safe: call :meth:`process`, :meth:`steer` and :meth:`reset` from one thread.
     """
 
     def __init__(
@@ -51,6 +131,12 @@ class Enhancer:
         steer_elevation_deg: float = 0.0,
         sound_speed_m_s: float = SOUND_SPEED_M_S,
         reference_channel: int | None = 0,
+        beamformer: str = "das",
+        auto_steer: bool = False,
+        track_doa: bool = False,
+        exclude_dead_channels: bool = True,
+        params: BeamformerParams | None = None,
+        postfilter: Postfilter | None = None,
     ) -> None:
         self.geometry = (
             geometry_m
@@ -61,18 +147,71 @@ class Enhancer:
             raise SignalShapeError(f"fs_hz must be a positive number, got {fs_hz!r}")
         if not (isinstance(sound_speed_m_s, (int, float)) and sound_speed_m_s > 0):
             raise SignalShapeError(f"sound_speed_m_s must be > 0, got {sound_speed_m_s!r}")
+        if beamformer not in BEAMFORMERS:
+            raise SignalShapeError(f"beamformer must be one of {list(BEAMFORMERS)}, "
+                                   f"got {beamformer!r}")
+        self.params = params or BeamformerParams()
+        self._beamformer = beamformer
+        self._auto_steer = bool(auto_steer)
+        self._track_doa = bool(track_doa or auto_steer)
+        self._exclude_dead = bool(exclude_dead_channels)
         self._fs_hz = fs_hz
         self._hop = check_positive_int(hop_samples, "hop_samples")
         self._sound_speed_m_s = float(sound_speed_m_s)
         self._reference_channel = reference_channel  # checked by steer() below
-        self._stft = StreamingStft(self.geometry.n_channels, self._hop)
+        self.postfilter = postfilter
+        n_ch = self.geometry.n_channels
+        self._stft = StreamingStft(n_ch, self._hop)
         self._istft = StreamingIstft(self._hop)
+        n_bins = self._stft.n_bins
         self._freqs_hz = rfft_freqs_hz(self._stft.frame_samples, float(fs_hz))
-        self._weights = np.empty((self._stft.n_bins, self.n_channels), np.complex64)
-        self._beam = np.zeros(self._stft.n_bins, np.complex64)
+        self._weights = np.empty((n_bins, n_ch), np.complex64)  # geometric look vector d
+        self._das_masked = np.zeros((n_bins, n_ch), np.complex64)  # d / M on live channels
+        self._bf_weights = np.zeros((n_bins, n_ch), np.complex64)  # superdirective / MVDR
+        self._beam = np.zeros(n_bins, np.complex64)
+        self._channels = ChannelMonitor(n_ch, self.params.channels)
+        self._spp = SpeechPresence(n_ch, n_bins, self.params.spp)
+        self._spp_out = self._spp.out
+        self._vad = VoiceActivity(self._freqs_hz, self.params.vad)
+        self._work_a = np.zeros((n_ch, n_ch), np.complex128)
+        self._work_l = np.zeros((n_ch, n_ch), np.complex128)
+        self._work_b = np.zeros(n_ch, np.complex128)
+        self._work_x = np.zeros(n_ch, np.complex128)
+        self._need_cov = beamformer == "mvdr" or self._track_doa
+        shape = (n_bins, n_ch, n_ch) if self._need_cov else (0, n_ch, n_ch)
+        self._phi_n = np.zeros(shape, np.complex64)
+        self._phi_x = np.zeros(shape, np.complex64)
+        self._mass_n = np.zeros(shape[0], np.float64)
+        self._mass_x = np.zeros(shape[0], np.float64)
+        self._rtf = np.zeros((n_bins, n_ch), np.complex64)
+        self._rtf_state = np.zeros((n_bins, n_ch), np.complex64)
+        self._rtf_used = np.zeros(n_bins, np.uint8)
+        self._gamma = np.zeros((n_bins, n_ch, n_ch) if beamformer == "superdirective"
+                               else (0, n_ch, n_ch), np.complex64)
+        if beamformer == "superdirective":
+            diffuse_coherence_kernel(self.geometry.positions_m, self._freqs_hz,
+                                     self._sound_speed_m_s, self._gamma)
+        self._wng_floor = 10.0 ** (self.params.wng_floor_db / 10.0)
+        self._rtf_min_snr = 10.0 ** (self.params.rtf_min_snr_db / 10.0)
+        dp = self.params.doa
+        n_grid = int(round(360.0 / dp.grid_step_deg))
+        self._grid_deg = np.arange(n_grid) * (360.0 / n_grid)
+        band = np.nonzero((self._freqs_hz >= dp.band_hz[0]) & (self._freqs_hz <= dp.band_hz[1]))[0]
+        self._k_lo = int(band[0]) if band.size else 0
+        self._k_hi = int(band[-1]) + 1 if band.size else n_bins
+        self._doa_table = np.zeros((n_bins, n_ch, n_grid) if self._track_doa
+                                   else (0, n_ch, n_grid), np.complex64)
+        self._srp = np.zeros(n_grid, np.float64)
+        self._tracker = DoaTracker(dp)
+        self._table_elevation_deg = math.nan
+        self._frame = 0
+        self.doa_raw_azimuth_deg = math.nan
+        self.doa_changed = False
         self._azimuth_deg = 0.0
         self._elevation_deg = 0.0
         self.steer(steer_azimuth_deg, steer_elevation_deg)
+
+    # ------------------------------------------------------------------ properties
 
     @property
     def n_channels(self) -> int:
@@ -85,9 +224,19 @@ class Enhancer:
         return self._hop
 
     @property
+    def n_bins(self) -> int:
+        """Frequency bins per frame (``R + 1``)."""
+        return self._stft.n_bins
+
+    @property
     def fs_hz(self) -> float:
         """Sample rate (Hz)."""
         return self._fs_hz
+
+    @property
+    def beamformer(self) -> str:
+        """The beamformer in use (one of :data:`BEAMFORMERS`)."""
+        return self._beamformer
 
     @property
     def reference_channel(self) -> int | None:
@@ -118,12 +267,73 @@ class Enhancer:
         """Current look elevation (degrees up from the x-y plane)."""
         return self._elevation_deg
 
+    @property
+    def auto_steer(self) -> bool:
+        """Whether the beam follows the tracked talker (settable; needs ``track_doa``)."""
+        return self._auto_steer
+
+    @auto_steer.setter
+    def auto_steer(self, value: bool) -> None:
+        if value and not self._track_doa:
+            raise SignalShapeError("auto_steer needs an Enhancer built with track_doa=True")
+        self._auto_steer = bool(value)
+
+    @property
+    def tracks_doa(self) -> bool:
+        """Whether DOA is estimated."""
+        return self._track_doa
+
+    @property
+    def speech_presence(self) -> np.ndarray:
+        """``(n_bins,)`` float32 speech-presence probability of the last frame (a view)."""
+        return self._spp_out
+
+    @property
+    def speech_probability(self) -> float:
+        """Smoothed frame-level speech probability (300-4000 Hz mean of the SPP)."""
+        return self._vad.probability
+
+    @property
+    def speech_active(self) -> bool:
+        """Voice activity with hysteresis and hangover."""
+        return self._vad.active
+
+    @property
+    def doa_azimuth_deg(self) -> float:
+        """Tracked talker azimuth in [0, 360) degrees (``nan`` before any speech or when
+        DOA is off)."""
+        return self._tracker.azimuth_deg
+
+    @property
+    def active_channels(self) -> tuple[int, ...]:
+        """Microphones in use, ascending."""
+        return tuple(sorted(int(i) for i in self._channels.active_idx[:self._channels.n_active]))
+
+    @property
+    def dead_channels(self) -> tuple[int, ...]:
+        """Microphones left out (dead, stuck or far below the others), ascending."""
+        return tuple(int(i) for i in np.nonzero(self._channels.dead)[0])
+
+    @property
+    def weights(self) -> np.ndarray:
+        """``(n_bins, n_ch)`` complex64 weights of the last frame, ``y = w^H x`` (a view;
+        delay-and-sum: ``d / M`` on the channels in use)."""
+        return self._das_masked if self._beamformer == "das" else self._bf_weights
+
+    @property
+    def rtf_share(self) -> float:
+        """Fraction of bins whose MVDR steering came from the RTF estimate (last frame)."""
+        return float(self._rtf_used.mean()) if self._beamformer == "mvdr" else 0.0
+
+    # ------------------------------------------------------------------ control
+
     def steer(self, azimuth_deg: float, elevation_deg: float = 0.0) -> None:
         """Point the beam at ``(azimuth_deg, elevation_deg)``; takes effect on the next block.
 
         Recomputes the ``(n_bins, n_ch)`` steering vectors in place (no allocation of the
         weights). Raises :class:`SignalShapeError` for a non-finite direction or an
-        elevation outside [-90, 90].
+        elevation outside [-90, 90]. With :attr:`auto_steer` on, the tracker may move the
+        beam again at its next update.
         """
         direction_unit(azimuth_deg, elevation_deg)  # validates before anything changes
         tau_s = far_field_delays_s(
@@ -136,28 +346,159 @@ class Enhancer:
         steering_vectors_into(tau_s, self._freqs_hz, self._weights)
         self._azimuth_deg = float(azimuth_deg)
         self._elevation_deg = float(elevation_deg)
+        if self._track_doa and self._table_elevation_deg != self._elevation_deg:
+            self._build_doa_table()
+        self._refresh_fixed_weights()
 
-    def process(self, block: np.ndarray) -> np.ndarray:
+    def _build_doa_table(self) -> None:
+        """``table[k, m, g] = d_m(theta_g, f_k)`` at the look elevation (centroid phase)."""
+        one = np.empty((self.n_bins, self.n_channels), np.complex64)
+        for g, az in enumerate(self._grid_deg):
+            tau = far_field_delays_s(self.geometry, float(az), self._elevation_deg,
+                                     self._sound_speed_m_s, None)
+            self._doa_table[:, :, g] = steering_vectors_into(tau, self._freqs_hz, one)
+        self._table_elevation_deg = self._elevation_deg
+
+    def _refresh_fixed_weights(self) -> None:
+        """Weights that change only with the look direction or the set of channels."""
+        idx, n = self._channels.active_idx, self._channels.n_active
+        self._das_masked.fill(0)
+        if n:
+            live = idx[:n]
+            self._das_masked[:, live] = self._weights[:, live] / np.float32(n)
+        if self._beamformer == "superdirective":
+            p = self.params
+            mvdr_weights_kernel(self._gamma, self._weights, idx, n, p.superdirective_loading,
+                                self._wng_floor, p.max_loading_steps, self._work_a,
+                                self._work_l, self._work_b, self._work_x, self._bf_weights)
+
+    def _ref_pos(self) -> int:
+        """Position in the active list of the microphone the RTF is normalised to."""
+        idx, n = self._channels.active_idx, self._channels.n_active
+        ref = 0 if self._reference_channel is None else self._reference_channel
+        for pos in range(n):
+            if idx[pos] == ref:
+                return pos
+        return 0
+
+    # ------------------------------------------------------------------ processing
+
+    def process(self, block: np.ndarray, speech_mask: np.ndarray | None = None) -> np.ndarray:
         """Enhance one ``(n_ch, hop_samples)`` float32 block; return ``(hop_samples,)`` float32.
+
+        ``speech_mask``: optional ``(n_bins,)`` float32 speech probability in [0, 1] (e.g.
+        a learned mask) used instead of the built-in SPP for this frame.
 
         The returned array is the enhancer's own buffer, overwritten by the next call: the
         caller must copy it to keep it. Raises :class:`SignalShapeError` (a
         :class:`MicaError` and ``ValueError``) for a wrong shape, dtype or type.
         """
+        block = check_array(block, "block", (self.n_channels, self._hop), np.float32)
+        if speech_mask is not None:
+            speech_mask = check_array(speech_mask, "speech_mask", (self.n_bins,), np.float32)
         spec = self._stft.process(block)
-        das_kernel(spec, self._weights, self._beam)
+        if self._exclude_dead and self._channels.update(block):
+            self._refresh_fixed_weights()
+        idx, n_active = self._channels.active_idx, self._channels.n_active
+        if speech_mask is None:
+            spp = self._spp.process(spec, idx, n_active)
+        else:
+            np.clip(speech_mask, 0.0, 1.0, out=self._spp_out)
+            spp = self._spp_out
+        self._vad.update(spp)
+        p = self.params
+        if self._need_cov:
+            covariance_update_kernel(spec, spp, p.noise_alpha, p.speech_alpha, self._phi_n,
+                                     self._phi_x, self._mass_n, self._mass_x)
+        self.doa_changed = False
+        if self._track_doa and self._frame % p.doa.update_frames == 0:
+            self._update_doa(idx, n_active)
+        self._frame += 1
+        if self._beamformer == "das":
+            if n_active == self.n_channels:
+                das_kernel(spec, self._weights, self._beam)
+            else:
+                beamform_kernel(spec, self._das_masked, self._beam)
+        else:
+            if self._beamformer == "mvdr":
+                steer = self._weights
+                if p.rtf:
+                    rtf_kernel(self._phi_x, self._phi_n, self._weights, self._mass_x, idx,
+                               n_active, self._ref_pos(), p.loading,
+                               p.rtf_min_speech_frames, p.rtf_min_match, self._rtf_min_snr,
+                               p.rtf_iterations,
+                               self._rtf_state, self._work_a, self._work_l, self._work_b,
+                               self._work_x, self._rtf, self._rtf_used)
+                    steer = self._rtf
+                mvdr_weights_kernel(self._phi_n, steer, idx, n_active, p.loading,
+                                    self._wng_floor, p.max_loading_steps, self._work_a,
+                                    self._work_l, self._work_b, self._work_x, self._bf_weights)
+            beamform_kernel(spec, self._bf_weights, self._beam)
+        if self.postfilter is not None:
+            return self._istft.process(self.postfilter.process(self._beam))
         return self._istft.process(self._beam)
 
+    def _update_doa(self, idx: np.ndarray, n_active: int) -> None:
+        if n_active < 2 or not self._vad.active:
+            return
+        srp_phat_kernel(self._phi_x, self._phi_n, self._doa_table, self._k_lo, self._k_hi,
+                        idx, n_active, self._srp)
+        if not self._srp.max() > 0.0:
+            return
+        self.doa_raw_azimuth_deg = peak_azimuth_deg(self._srp, self._grid_deg)
+        moved = self._tracker.update(self.doa_raw_azimuth_deg, True)
+        if moved:
+            self.doa_changed = True
+            if self._auto_steer:
+                self.steer(self._tracker.steer_azimuth_deg, self._elevation_deg)
+
     def reset(self) -> None:
-        """Forget all past input (filter states back to silence); keeps the look direction."""
+        """Forget all past input (filter, noise, covariance and tracker states back to
+        silence, every channel in use again); keeps the look direction."""
         self._stft.reset()
         self._istft.reset()
+        if self.postfilter is not None:
+            self.postfilter.reset()
+        self._channels.reset()
+        self._spp.reset()
+        self._vad.reset()
+        self._tracker.reset()
+        for buf in (self._phi_n, self._phi_x, self._mass_n, self._mass_x, self._rtf_state,
+                    self._rtf_used, self._srp):
+            buf.fill(0)
+        self._frame = 0
+        self.doa_raw_azimuth_deg = math.nan
+        self.doa_changed = False
+        self._refresh_fixed_weights()
 
     def warmup(self) -> None:
         """Run every kernel once (compile or load from ``NUMBA_CACHE_DIR``), then reset."""
         self.steer(self._azimuth_deg, self._elevation_deg)
         self.process(np.zeros((self.n_channels, self._hop), np.float32))
+        compile_kernels(self.n_channels)
         self.reset()
+
+
+def compile_kernels(n_channels: int) -> None:
+    """Call every kernel of the chain once on zeros, so none compiles in the hot path."""
+    n_bins, n_grid, m = 3, 4, n_channels
+    spec = np.zeros((m, n_bins), np.complex64)
+    vec = np.zeros((n_bins, m), np.complex64)
+    cov = np.zeros((n_bins, m, m), np.complex64)
+    idx = np.arange(m, dtype=np.int64)
+    mass = np.zeros(n_bins)
+    work = (np.zeros((m, m), np.complex128), np.zeros((m, m), np.complex128),
+            np.zeros(m, np.complex128), np.zeros(m, np.complex128))
+    beamform_kernel(spec, vec, np.zeros(n_bins, np.complex64))
+    das_kernel(spec, vec, np.zeros(n_bins, np.complex64))
+    covariance_update_kernel(spec, np.zeros(n_bins, np.float32), 0.9, 0.9, cov, cov.copy(),
+                             mass, mass.copy())
+    mvdr_weights_kernel(cov, vec, idx, m, 1e-3, 0.1, 2, *work, vec.copy())
+    rtf_kernel(cov, cov, vec, mass, idx, m, 0, 1e-3, 1.0, 0.5, 1.0, 1, vec.copy(), *work,
+               vec.copy(), np.zeros(n_bins, np.uint8))
+    srp_phat_kernel(cov, cov, np.zeros((n_bins, m, n_grid), np.complex64), 0, n_bins, idx, m,
+                    np.zeros(n_grid))
+    diffuse_coherence_kernel(np.zeros((m, 3)), np.zeros(n_bins), 343.0, cov)
 
 
 def enhance_reference(

@@ -3,14 +3,17 @@
 Used by ``mica enhance IN OUT --array GEOM``: reads the file, resamples it to 16 kHz,
 streams it block by block through the same chain the service runs, removes the
 algorithmic latency (so the output is time-aligned with the input and exactly as long) and
-writes a 16 kHz mono PCM_16 WAV.
+writes a 16 kHz mono PCM_16 WAV. Optionally writes a JSON report with, per second, the DOA
+estimate, the speech presence and the microphones in use.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,10 @@ import numpy as np
 import scipy.signal
 import soundfile as sf
 
-from mica.array_dsp.enhancer import Enhancer
-from mica.array_dsp.errors import AudioFileError
+from mica.array_dsp.enhancer import BEAMFORMERS, Enhancer
+from mica.array_dsp.errors import AudioFileError, ConfigError
 from mica.array_dsp.geometry import load_geometry_json
+from mica.models.postfilter import make_postfilter
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +64,16 @@ def resample_to(signal: np.ndarray, fs_in_hz: int, fs_out_hz: int) -> np.ndarray
     return out.astype(np.float32)
 
 
-def enhance_signal(signal: np.ndarray, enhancer: Enhancer) -> np.ndarray:
+def enhance_signal(
+    signal: np.ndarray,
+    enhancer: Enhancer,
+    on_block: Callable[[int, Enhancer], None] | None = None,
+) -> np.ndarray:
     """Stream ``(n_ch, n)`` float32 through ``enhancer``; return ``(n,)`` float32 aligned.
 
     The input is zero-padded by the latency (and to whole blocks); the first
     ``latency_samples`` output samples are dropped, so ``out[n]`` matches ``signal[:, n]``.
+    ``on_block(b, enhancer)`` is called after block ``b`` (e.g. to read its DOA).
     """
     n_ch, n = signal.shape
     hop = enhancer.hop_samples
@@ -75,7 +84,78 @@ def enhance_signal(signal: np.ndarray, enhancer: Enhancer) -> np.ndarray:
     out = np.empty(n_blocks * hop, np.float32)
     for b in range(n_blocks):
         out[b * hop:(b + 1) * hop] = enhancer.process(padded[:, b * hop:(b + 1) * hop])
+        if on_block is not None:
+            on_block(b, enhancer)
     return out[latency:latency + n]
+
+
+def resolve_steer(
+    steer: str | float | None, zones: Mapping[str, tuple[float, float]] | None = None
+) -> tuple[bool, float | None, float | None, str]:
+    """Parse a steering choice: ``auto``, an azimuth in degrees, or ``zone:NAME``.
+
+    Returns ``(auto, azimuth_deg, elevation_deg, label)``; ``azimuth``/``elevation`` are
+    ``None`` where the choice does not fix them. ``zones`` maps names to ``(azimuth_deg,
+    elevation_deg)``. Raises :class:`ConfigError` for an unknown zone or a malformed value.
+    """
+    if steer is None:
+        return False, None, None, "fixed"
+    if isinstance(steer, (int, float)) and not isinstance(steer, bool):
+        return False, float(steer), None, f"{float(steer):g}"
+    text = str(steer).strip()
+    if text == "auto":
+        return True, None, None, "auto"
+    if text.startswith("zone:"):
+        name = text[5:]
+        if not zones or name not in zones:
+            known = ", ".join(sorted(zones or {})) or "none configured"
+            raise ConfigError([f"steer: unknown zone {name!r} (zones: {known})"])
+        az, el = zones[name]
+        return False, float(az), float(el), text
+    try:
+        az = float(text)
+    except ValueError as err:
+        raise ConfigError([f"steer: expected auto, an azimuth in degrees or zone:NAME, "
+                           f"got {text!r}"]) from err
+    if not math.isfinite(az):
+        raise ConfigError([f"steer: azimuth must be finite, got {text!r}"])
+    return False, az, None, f"{az:g}"
+
+
+class BlockReport:
+    """Collects per-block DOA, speech presence and channels; summarises them per second."""
+
+    def __init__(self, fs_hz: int, hop_samples: int, latency_samples: int) -> None:
+        self._blocks_per_s = max(1, round(fs_hz / hop_samples))
+        self._latency_blocks = latency_samples // hop_samples
+        self.rows: list[tuple[float, float, bool, tuple[int, ...], float]] = []
+
+    def __call__(self, b: int, enhancer: Enhancer) -> None:
+        self.rows.append((enhancer.doa_azimuth_deg, enhancer.speech_probability,
+                          enhancer.speech_active, enhancer.active_channels,
+                          enhancer.steer_azimuth_deg))
+
+    def per_second(self, duration_s: float) -> list[dict[str, Any]]:
+        """One dict per started second of input: ``t_s``, ``doa_azimuth_deg`` (last tracked
+        value in that second, ``None`` if none yet), ``speech_probability`` (mean),
+        ``speech_active_fraction``, ``steer_azimuth_deg``, ``active_channels``."""
+        out = []
+        n_s = max(1, math.ceil(duration_s))
+        for sec in range(n_s):
+            lo = sec * self._blocks_per_s
+            rows = self.rows[lo:lo + self._blocks_per_s]
+            if not rows:
+                break
+            doa = rows[-1][0]
+            out.append({
+                "t_s": float(sec),
+                "doa_azimuth_deg": None if math.isnan(doa) else round(doa, 2),
+                "speech_probability": round(float(np.mean([r[1] for r in rows])), 4),
+                "speech_active_fraction": round(float(np.mean([r[2] for r in rows])), 4),
+                "steer_azimuth_deg": round(rows[-1][4], 2),
+                "active_channels": list(rows[-1][3]),
+            })
+        return out
 
 
 def enhance_file(
@@ -85,6 +165,11 @@ def enhance_file(
     steer_azimuth_deg: float | None = None,
     steer_elevation_deg: float = 0.0,
     hop_samples: int = 160,
+    denoiser: str = "off",
+    beamformer: str = "das",
+    steer: str | float | None = None,
+    zones: Mapping[str, tuple[float, float]] | None = None,
+    report_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Enhance ``in_path`` (multichannel WAV) into ``out_path`` (16 kHz mono PCM_16 WAV).
 
@@ -95,15 +180,32 @@ def enhance_file(
         steer_azimuth_deg: look azimuth (degrees); ``None`` means 0 until DOA exists.
         steer_elevation_deg: look elevation (degrees).
         hop_samples: enhancer block length at 16 kHz.
+        denoiser: post-filter on the beam output: ``off``, ``mmse`` (statistical) or
+            ``model`` (the learned denoiser shipped in ``mica.models``).
+        beamformer: one of ``BEAMFORMERS`` (``das``, ``superdirective``, ``mvdr``).
+        steer: ``"auto"`` (follow the tracked talker), an azimuth, or ``"zone:NAME"``
+            (a name in ``zones``); overrides ``steer_azimuth_deg`` when given.
+        zones: named look directions, ``{name: (azimuth_deg, elevation_deg)}``.
+        report_path: where to write the JSON report (``None``: no report).
 
     Returns a summary: ``duration_s``, ``in_fs_hz``, ``out_fs_hz``, ``n_channels``,
-    ``latency_samples``, ``latency_s``, ``steer_azimuth_deg``, ``steer_elevation_deg``,
-    ``hop_samples``, ``realtime_factor``.
+    ``latency_samples``, ``latency_s``, ``steer_azimuth_deg`` (the final look direction),
+    ``steer_elevation_deg``, ``hop_samples``, ``realtime_factor``, ``beamformer``, ``steer``,
+    ``doa_azimuth_deg`` (last tracked DOA or ``None``), ``dead_channels``.
 
-    Raises :class:`GeometryError` for a bad geometry file and :class:`AudioFileError`
-    (naming the file(s)) for an unreadable input, a channel count that does not match the
-    geometry, or an output that cannot be written.
+    Raises :class:`GeometryError` for a bad geometry file, :class:`ConfigError` for an
+    unknown beamformer or zone, and :class:`AudioFileError` (naming the file(s)) for an
+    unreadable input, a channel count that does not match the geometry, or an output or
+    report that cannot be written.
     """
+    if beamformer not in BEAMFORMERS:
+        raise ConfigError([f"beamformer: must be one of {list(BEAMFORMERS)}, "
+                           f"got {beamformer!r}"])
+    auto, zone_az, zone_el, steer_label = resolve_steer(steer, zones)
+    if zone_az is not None:
+        steer_azimuth_deg = zone_az
+    if zone_el is not None:
+        steer_elevation_deg = zone_el
     in_path, out_path, geometry_path = Path(in_path), Path(out_path), Path(geometry_path)
     geometry = load_geometry_json(geometry_path)
     signal, fs_in_hz = read_wav(in_path)
@@ -113,7 +215,7 @@ def enhance_file(
             f"{geometry.n_channels} microphone(s)"
         )
     azimuth_deg = 0.0 if steer_azimuth_deg is None else float(steer_azimuth_deg)
-    if steer_azimuth_deg is None:
+    if steer_azimuth_deg is None and not auto:
         log.info("no steering azimuth given: using 0 deg")
     n_in = signal.shape[1]
     signal = resample_to(signal, fs_in_hz, OUTPUT_FS_HZ)
@@ -125,10 +227,15 @@ def enhance_file(
         hop_samples=hop_samples,
         steer_azimuth_deg=azimuth_deg,
         steer_elevation_deg=steer_elevation_deg,
+        beamformer=beamformer,
+        auto_steer=auto,
+        track_doa=True,
+        postfilter=make_postfilter(denoiser, hop_samples + 1),
     )
     enhancer.warmup()
+    report = BlockReport(OUTPUT_FS_HZ, enhancer.hop_samples, enhancer.latency_samples)
     t0 = time.perf_counter()
-    out = enhance_signal(signal, enhancer)
+    out = enhance_signal(signal, enhancer, report)
     elapsed_s = time.perf_counter() - t0
     np.clip(out, -1.0, 1.0, out=out)
     try:
@@ -143,10 +250,26 @@ def enhance_file(
         "n_channels": geometry.n_channels,
         "latency_samples": enhancer.latency_samples,
         "latency_s": enhancer.latency_s,
-        "steer_azimuth_deg": azimuth_deg,
+        "steer_azimuth_deg": enhancer.steer_azimuth_deg,
         "steer_elevation_deg": float(steer_elevation_deg),
         "hop_samples": enhancer.hop_samples,
         "realtime_factor": elapsed_s / duration_s,
+        "denoiser": denoiser,
+        "denoiser_version": getattr(enhancer.postfilter, "version", None),
+        "beamformer": beamformer,
+        "steer": steer_label,
+        "doa_azimuth_deg": (None if math.isnan(enhancer.doa_azimuth_deg)
+                            else round(enhancer.doa_azimuth_deg, 2)),
+        "dead_channels": list(enhancer.dead_channels),
     }
+    if report_path is not None:
+        report_path = Path(report_path)
+        doc = {"input": str(in_path), "output": str(out_path), "summary": summary,
+               "per_second": report.per_second(duration_s)}
+        try:
+            report_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        except OSError as err:
+            raise AudioFileError(f"{report_path}: cannot write report: {err}") from err
+        summary["report"] = str(report_path)
     log.info("enhanced %s -> %s: %s", in_path, out_path, summary)
     return summary

@@ -1,0 +1,186 @@
+"""Direction of arrival: SRP-PHAT on the speech covariance, and a tracker on the circle.
+
+SRP-PHAT (DiBiase, Silverman & Brandstein 2001, "Robust localization in reverberant rooms",
+in "Microphone Arrays", ch. 8): the steered response power of direction ``theta`` is
+
+    P(theta) = sum_k w_k sum_{i<j} Re( G_ij[k] / |G_ij[k]| conj(d_i(theta, f_k)) d_j(theta, f_k) )
+
+with ``d_m = exp(-j 2 pi f tau_m(theta))`` the far-field steering vector. Plain SRP-PHAT uses
+the noisy cross-spectrum and locks onto the loudest source, which is often a broadband
+interferer. Here ``G = Phi_x - Phi_n``, the SPP-weighted speech covariance estimate of
+:mod:`covariance` (Souden et al. 2010), and each bin is weighted by its speech share
+``w_k = clip(tr(Phi_x - Phi_n) / tr(Phi_x), 0, 1)``: a stationary interferer lives in
+``Phi_n`` and cancels, bins it dominates get little weight. The search is band-limited
+(300-4000 Hz by default) and the peak refined by a parabola through its neighbours.
+
+The tracker smooths on the unit circle (wrap-around), updates only while speech is present
+(holds in silence) and re-steers only after the estimate has stayed more than
+``hysteresis_deg`` away for ``confirm_updates`` updates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mica.array_dsp.jit import kernel
+
+
+@kernel
+def srp_phat_kernel(
+    phi_x: np.ndarray,
+    phi_n: np.ndarray,
+    table: np.ndarray,
+    k_lo: int,
+    k_hi: int,
+    active_idx: np.ndarray,
+    n_active: int,
+    out: np.ndarray,
+) -> None:
+    """Steered response power of the speech covariance over a direction grid.
+
+    phi_x, phi_n: ``(n_bins, n_ch, n_ch)`` complex64; table: ``(n_bins, n_ch, n_grid)``
+    complex64 steering vectors ``d_m(theta_g, f_k)``; bins ``[k_lo, k_hi)`` are used;
+    out: ``(n_grid,)`` float64 (overwritten).
+    """
+    n_grid = table.shape[2]
+    for g in range(n_grid):
+        out[g] = 0.0
+    for k in range(k_lo, k_hi):
+        tr_x = 0.0
+        tr_s = 0.0
+        for i in range(n_active):
+            a = active_idx[i]
+            tr_x += phi_x[k, a, a].real
+            tr_s += phi_x[k, a, a].real - phi_n[k, a, a].real
+        if not tr_x > 0.0:
+            continue
+        wk = min(max(tr_s / tr_x, 0.0), 1.0)
+        if wk == 0.0:
+            continue
+        for p in range(n_active):
+            i = active_idx[p]
+            for q in range(p + 1, n_active):
+                j = active_idx[q]
+                gij = complex(phi_x[k, i, j]) - complex(phi_n[k, i, j])
+                mag = abs(gij)
+                if not mag > 0.0:
+                    continue
+                gij = gij * (wk / mag)
+                for g in range(n_grid):
+                    out[g] += (gij * np.conj(table[k, i, g]) * table[k, j, g]).real
+
+
+def srp_phat_reference(
+    phi_x: np.ndarray,
+    phi_n: np.ndarray,
+    table: np.ndarray,
+    k_lo: int,
+    k_hi: int,
+    active: np.ndarray,
+) -> np.ndarray:
+    """Numpy reference of :func:`srp_phat_kernel`: ``(n_grid,)`` float64."""
+    out = np.zeros(table.shape[2])
+    for k in range(k_lo, k_hi):
+        px = phi_x[k].astype(np.complex128)
+        s = px - phi_n[k]
+        tr_x = np.diag(px).real[active].sum()
+        if not tr_x > 0:
+            continue
+        wk = float(np.clip(np.diag(s).real[active].sum() / tr_x, 0.0, 1.0))
+        if wk == 0:
+            continue
+        for p, i in enumerate(active):
+            for j in active[p + 1:]:
+                mag = abs(s[i, j])
+                if mag > 0:
+                    out += (s[i, j] * wk / mag * np.conj(table[k, i]) * table[k, j]).real
+    return out
+
+
+def peak_azimuth_deg(srp: np.ndarray, grid_deg: np.ndarray) -> float:
+    """Azimuth of the maximum of ``srp`` over a uniform full-circle grid, refined by a
+    parabola through the peak and its two (wrapped) neighbours; in [0, 360)."""
+    n = srp.shape[0]
+    g = int(np.argmax(srp))
+    left, mid, right = srp[(g - 1) % n], srp[g], srp[(g + 1) % n]
+    den = left - 2.0 * mid + right
+    offset = 0.0 if den >= 0 else 0.5 * (left - right) / den
+    step = 360.0 / n
+    return float((grid_deg[g] + max(-0.5, min(0.5, offset)) * step) % 360.0)
+
+
+def angle_diff_deg(a_deg: float, b_deg: float) -> float:
+    """Signed smallest difference ``a - b`` on the circle, in [-180, 180)."""
+    return (a_deg - b_deg + 180.0) % 360.0 - 180.0
+
+
+@dataclass(frozen=True)
+class DoaParams:
+    """DOA search and tracking.
+
+    Attributes:
+        grid_step_deg: azimuth grid spacing (degrees; must divide 360).
+        band_hz: frequencies searched (Hz).
+        update_frames: frames between two searches.
+        smooth_alpha: tracker's forgetting factor per search (on the unit circle).
+        hysteresis_deg: the beam moves only when the track is this far from it (degrees).
+        confirm_updates: consecutive searches beyond the hysteresis before it moves.
+        min_speech_share: searches whose mean bin weight is lower are skipped.
+    """
+
+    grid_step_deg: float = 5.0
+    band_hz: tuple[float, float] = (300.0, 4000.0)
+    update_frames: int = 5
+    smooth_alpha: float = 0.6
+    hysteresis_deg: float = 10.0
+    confirm_updates: int = 3
+    min_speech_share: float = 0.0
+
+
+class DoaTracker:
+    """Smoothed talker azimuth from raw SRP peaks (scalar logic; no arrays).
+
+    Attributes:
+        azimuth_deg: smoothed estimate in [0, 360) (``nan`` before the first speech).
+        steer_azimuth_deg: the direction a beam should look at (moves with hysteresis).
+    """
+
+    def __init__(self, params: DoaParams | None = None) -> None:
+        self.params = params or DoaParams()
+        self.reset()
+
+    def reset(self) -> None:
+        self.azimuth_deg = math.nan
+        self.steer_azimuth_deg = math.nan
+        self._c = 0.0
+        self._s = 0.0
+        self._beyond = 0
+
+    def update(self, raw_azimuth_deg: float, speech: bool) -> bool:
+        """Fold in one raw estimate; returns True when :attr:`steer_azimuth_deg` moved."""
+        if not speech or not math.isfinite(raw_azimuth_deg):
+            return False  # hold during silence
+        a = math.radians(raw_azimuth_deg)
+        if math.isnan(self.azimuth_deg):
+            self._c, self._s = math.cos(a), math.sin(a)
+        else:
+            b = self.params.smooth_alpha
+            self._c = b * self._c + (1 - b) * math.cos(a)
+            self._s = b * self._s + (1 - b) * math.sin(a)
+        self.azimuth_deg = math.degrees(math.atan2(self._s, self._c)) % 360.0
+        if math.isnan(self.steer_azimuth_deg):
+            self.steer_azimuth_deg = self.azimuth_deg
+            return True
+        if abs(angle_diff_deg(self.azimuth_deg, self.steer_azimuth_deg)) > \
+                self.params.hysteresis_deg:
+            self._beyond += 1
+            if self._beyond >= self.params.confirm_updates:
+                self.steer_azimuth_deg = self.azimuth_deg
+                self._beyond = 0
+                return True
+        else:
+            self._beyond = 0
+        return False
