@@ -63,6 +63,55 @@ class CaptureConfig:
     """Pace the WAV at its sample rate (true) or read as fast as the DSP takes it."""
     wav_loop: bool = _opt(False, "restart the WAV at its end instead of stopping")
     """Loop the WAV forever (for demos and soak tests)."""
+    devices: list = _opt([], "several ALSA devices as one array: [[capture.devices]] tables "
+                             "(empty: the one device above)", table="CaptureDeviceConfig")
+    """Multi-device capture: one :class:`CaptureDeviceConfig` per device, each with its own
+    clock; ``alsa_device``, ``channels``, ``format`` above are then unused."""
+
+
+@dataclass(frozen=True)
+class CaptureDeviceConfig:
+    """One ``[[capture.devices]]`` table (rate and period come from ``[capture]``)."""
+
+    alsa_device: str = _opt("default", "ALSA PCM name")
+    """ALSA PCM name of this device."""
+    channels: int = _opt(2, "channels the device captures", min=1, max=64)
+    """Channels captured from this device."""
+    format: str = _opt("S16_LE", "ALSA sample format", choices=("S16_LE", "S24_3LE", "S32_LE"))
+    """ALSA sample format of this device."""
+    mic_channels: list = _opt([], "capture channels that are microphones (empty: all)",
+                              item_min=0, item_max=63)
+    """This device's capture channels that are microphones, in the order of
+    ``geometry_rows``."""
+    geometry_rows: list = _opt([], "geometry row of each microphone channel", item_min=0,
+                               item_max=63)
+    """Row of the array geometry each microphone channel is."""
+    reference: bool = _opt(False, "this device's clock is the reference (default: the first)")
+    """The other devices are resampled onto this one's clock."""
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    enabled: bool = _opt(True, "resample the other devices onto the reference clock")
+    """Compensate drift (false: estimate and report it only)."""
+    update_s: float = _opt(1.0, "seconds of signal per drift measurement", min=0.25,
+                           max=10.0)
+    """Segment length of one offset/drift measurement (the estimate's update period)."""
+    max_offset_ms: float = _opt(250.0, "offset search range at (re)acquisition (+- ms)",
+                                min=1.0, max=2000.0)
+    """How far from the timestamp guess the GCC-PHAT offset search looks."""
+    alsa_prior: bool = _opt(True, "use the ALSA-timestamp frame rates as the drift prior")
+    """Prior from each device's frame rate against CLOCK_MONOTONIC."""
+    memory_s: float = _opt(60.0, "forgetting time constant of the drift fit (s)", min=5.0,
+                           max=3600.0)
+    """Longer: steadier estimate; shorter: follows temperature changes faster."""
+    event_jump_ppm: float = _opt(5.0, "a locked estimate moving by more raises event/drift",
+                                 min=0.01, max=10000.0)
+    """Threshold of the ``event/drift`` jump event (ppm)."""
+    wait_ms: float = _opt(1000.0, "how long to wait for a late device before reopening",
+                          min=10.0, max=60000.0)
+    """A non-reference device silent for this long counts as failed."""
+
 
 
 @dataclass(frozen=True)
@@ -217,6 +266,7 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     governor: GovernorConfig = field(default_factory=GovernorConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
     @property
     def topic_base(self) -> str:
@@ -295,6 +345,16 @@ def _build(cls: type, table: Any, path: str, base_dir: Path, problems: list[str]
             continue
         if isinstance(tp, types.GenericAlias):
             tp = typing.get_origin(tp)
+        table_cls = fields[key].metadata.get("table")
+        if table_cls is not None:  # a list of tables ([[section.key]])
+            if not isinstance(value, list):
+                problems.append(f"{sub}: must be a list of tables ([[{sub}]]), got "
+                                f"{type(value).__name__}")
+                continue
+            item_cls = globals()[table_cls]
+            kwargs[key] = [_build(item_cls, item, f"{sub}[{i}]", base_dir, problems)
+                           for i, item in enumerate(value)]
+            continue
         checked = _check_scalar(sub, value, tp, dict(fields[key].metadata), base_dir, problems)
         if checked is not None:
             kwargs[key] = checked
@@ -340,10 +400,70 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
     if cfg.governor.dsp_recover > cfg.governor.dsp_budget:
         problems.append(f"governor.dsp_recover: {cfg.governor.dsp_recover} is above "
                         f"governor.dsp_budget = {cfg.governor.dsp_budget}")
+    _check_capture_devices(cfg, problems)
     chunk = cfg.mqtt.audio_chunk_ms * cfg.dsp.fs_hz // 1000
     if chunk % cfg.dsp.hop_samples:
         problems.append(f"mqtt.audio_chunk_ms: {cfg.mqtt.audio_chunk_ms} ms = {chunk} samples "
                         f"is not a multiple of dsp.hop_samples = {cfg.dsp.hop_samples}")
+
+
+def _check_capture_devices(cfg: Config, problems: list[str]) -> None:
+    """``[[capture.devices]]``: channels exist, geometry rows 0..N-1 once, one reference."""
+    devices = cfg.capture.devices
+    if not devices:
+        return
+    if cfg.capture.source != "alsa":
+        problems.append("capture.devices: multi-device capture needs capture.source = "
+                        "\"alsa\"")
+    if cfg.array.mic_channels:
+        problems.append("array.mic_channels: with capture.devices, list each device's "
+                        "mic_channels instead")
+    rows: list[int] = []
+    for i, dev in enumerate(devices):
+        path = f"capture.devices[{i}]"
+        mics = dev.mic_channels or list(range(dev.channels))
+        for ch in mics:
+            if isinstance(ch, int) and ch >= dev.channels:
+                problems.append(f"{path}.mic_channels: channel {ch} does not exist "
+                                f"(channels = {dev.channels})")
+        if len(dev.geometry_rows) != len(mics):
+            problems.append(f"{path}.geometry_rows: {len(dev.geometry_rows)} row(s) for "
+                            f"{len(mics)} microphone channel(s)")
+        rows += [r for r in dev.geometry_rows if isinstance(r, int)]
+    if sorted(rows) != list(range(len(rows))):
+        problems.append(f"capture.devices: geometry_rows together must be 0..{len(rows) - 1}, "
+                        f"each once, got {sorted(rows)}")
+    if sum(dev.reference for dev in devices) > 1:
+        problems.append("capture.devices: more than one device has reference = true")
+
+
+def _with_board_profile(data: dict, board: str | None) -> dict:
+    """``data`` over the defaults of board profile ``board`` (or of ``device.board`` when it
+    names a built-in profile): the profile fills ``[capture]`` and ``[array]``, every key the
+    file sets wins. An unknown ``device.board`` stays a plain label; an unknown ``board``
+    argument (``mica run --board``) is an error."""
+    from mica.calibration.profiles import ProfileError, list_profiles, load_profile
+
+    device = data.get("device") if isinstance(data.get("device"), dict) else {}
+    name = board or device.get("board")
+    if not isinstance(name, str) or (board is None and name not in list_profiles()):
+        return data
+    try:
+        defaults = load_profile(name).config_defaults()
+    except ProfileError as err:
+        raise ConfigError([f"device.board: {err}"]) from err
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    user_array = merged.get("array", {}) if isinstance(merged.get("array"), dict) else {}
+    if user_array.get("geometry_file") or user_array.get("geometry_m"):
+        defaults["array"].pop("geometry_m")  # the file's own geometry replaces the profile's
+        if "mic_channels" not in user_array:
+            defaults["array"].pop("mic_channels")
+    for section, keys in defaults.items():
+        table = merged.get(section, {})
+        if isinstance(table, dict):
+            merged[section] = {**keys, **table}
+    merged["device"] = {**device, "board": name}
+    return merged
 
 
 def parse_config(data: dict, base_dir: Path, source: str = "config") -> Config:

@@ -39,6 +39,7 @@ from mica.device.governor import (
     resolve_levels,
 )
 from mica.device.mqtt_link import AudioChunk, AudioChunker, MqttLink
+from mica.device.multi_capture import MultiCapture, open_multi_capture
 from mica.device.reblock import Reblocker
 from mica.device.ring import DropOldestQueue
 from mica.device.sd_notify import Notifier, Watchdog
@@ -69,6 +70,8 @@ def resolve_geometry(cfg: Config) -> ArrayGeometry:
         raise ConfigError(["array: give array.geometry_file or array.geometry_m "
                            "(the microphone positions)"])
     n_mics = len(cfg.array.mic_channels) or cfg.capture.channels
+    if cfg.capture.devices:
+        n_mics = sum(len(d.geometry_rows) for d in cfg.capture.devices)
     if geometry.n_channels != n_mics:
         what = "array.mic_channels" if cfg.array.mic_channels else "capture.channels"
         raise ConfigError([f"{what}: {n_mics} microphone channel(s) but the geometry has "
@@ -103,7 +106,10 @@ class Service:
                                "does not do yet: capture at the DSP rate"])
         mics = list(cfg.array.mic_channels) or None
         self._audio_sink = audio_sink
-        self._source_factory = source_factory or (lambda: open_source(cfg.capture, mics))
+        self._source_factory = source_factory or (
+            (lambda: open_multi_capture(cfg, self._on_drift_event,
+                                        self.geometry.positions_m)) if cfg.capture.devices
+            else (lambda: open_source(cfg.capture, mics)))
         self.enhancer = Enhancer(self.geometry.positions_m, fs_hz=cfg.dsp.fs_hz,
                                  hop_samples=cfg.dsp.hop_samples,
                                  steer_azimuth_deg=cfg.dsp.steer_azimuth_deg,
@@ -426,7 +432,22 @@ class Service:
             device_up=int(self._lost_at is None),
             quality_level=self.governor.level_name,
             quality_level_index=self.governor.level,
+            **self._drift_telemetry(),
         )
+
+    # ------------------------------------------------------------------ multi-device drift
+
+    def _drift_telemetry(self) -> dict[str, Any]:
+        """``drift``: per capture device drift_ppm, offset and lock state (multi-device)."""
+        source = self._source
+        if not isinstance(source, MultiCapture):
+            return {}
+        return {"drift": source.drift_status()}
+
+    def _on_drift_event(self, event: dict[str, Any]) -> None:
+        """A drift estimate jumped, locked or re-locked: ``event/drift``."""
+        if self.link is not None:
+            self.link.publish_event("drift", event)
 
 
 def _process_age_s(sampler: ProcessSampler, fallback_t0: float) -> float:

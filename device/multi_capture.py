@@ -1,0 +1,375 @@
+"""One array from several capture devices, each with its own clock.
+
+::
+
+    device 0 (reference) ──capture thread──▶ queue ─┐
+    device 1 ──────────────capture thread──▶ queue ─┼─▶ read(): align + resample ─▶ Block
+    device 2 ──────────────capture thread──▶ queue ─┘         (geometry row order)
+
+Each device has its own capture thread that only reads and enqueues (drop-oldest, counted).
+:meth:`MultiCapture.read` (the service's capture loop calls it, like any :class:`Source`)
+takes the next block of the reference device and, for every other device, enough of its
+input to resample it onto the reference clock with its
+:class:`~mica.array_dsp.drift.DriftCompensator` (offset by GCC-PHAT, drift online from the
+signal, the ALSA-reported rates as a prior). The result is one block per reference period
+with every microphone in geometry row order, carrying the reference's ``seq`` and
+``t_capture_ns``.
+
+Timing: the first blocks' ``t_capture_ns`` give the initial offset guess between devices;
+each device's frame count against its ``t_capture_ns`` gives its rate against
+CLOCK_MONOTONIC, and the ratio of two devices' rates is the prior of their drift (the host
+clock cancels). A device whose input does not arrive within ``wait_s`` fails the read with
+:class:`DeviceError`; the service then reopens the whole set (which re-acquires the
+offsets, keeping nothing stale).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mica.array_dsp.drift import DriftCompensator, DriftEvent, DriftSettings, warmup_kernels
+from mica.array_dsp.errors import DeviceError, MicaError
+from mica.device.block import Block, Source
+from mica.device.ring import DropOldestQueue
+
+log = logging.getLogger(__name__)
+
+_NS = 1_000_000_000
+PRIOR_MIN_S = 2.0
+"""Seconds of timestamps before a device's rate is used as the drift prior."""
+PRIOR_JITTER_S = 2e-3
+"""Assumed timestamp jitter (s) for the prior's uncertainty: ``2 * jitter / span``."""
+
+
+@dataclass
+class DeviceSpec:
+    """One capture device of the array."""
+
+    name: str
+    """Name for logs, telemetry and events (the ALSA PCM name)."""
+    open: Callable[[], Source]
+    """Opens the device (delivering the listed microphone channels, in order)."""
+    geometry_rows: list[int]
+    """Geometry row of each delivered channel."""
+
+
+class _RateMeter:
+    """A device's frame rate against CLOCK_MONOTONIC from its blocks' capture times."""
+
+    def __init__(self) -> None:
+        self.t0_ns: int | None = None
+        self.frames = 0
+        self.t_last_ns = 0
+        self.frames_last = 0
+
+    def add(self, block: Block) -> None:
+        if self.t0_ns is None:
+            self.t0_ns = block.t_capture_ns
+            self.frames = 0
+        self.frames += block.gap_frames
+        self.t_last_ns = block.t_capture_ns
+        self.frames_last = self.frames
+        self.frames += block.n_samples
+
+    def rate(self) -> tuple[float, float] | None:
+        """``(frames per second, span in s)`` or None before :data:`PRIOR_MIN_S`."""
+        if self.t0_ns is None:
+            return None
+        span_s = (self.t_last_ns - self.t0_ns) / _NS
+        if span_s < PRIOR_MIN_S:
+            return None
+        return self.frames_last / span_s, span_s
+
+
+class _Device:
+    def __init__(self, spec: DeviceSpec, source: Source, queue_blocks: int) -> None:
+        self.spec = spec
+        self.source = source
+        self.queue: DropOldestQueue[Block] = DropOldestQueue(queue_blocks)
+        self.error: str | None = None
+        self.rate = _RateMeter()
+        self.comp: DriftCompensator | None = None
+        self.first: Block | None = None
+        self.thread: threading.Thread | None = None
+
+
+class MultiCapture:
+    """A :class:`Source` made of several devices, drift-corrected onto the reference.
+
+    Args:
+        specs: the devices; ``specs[reference]`` is the clock reference.
+        reference: index of the reference device in ``specs``.
+        fs_hz: nominal rate of every device.
+        period_frames: samples per block (the reference's period).
+        settings: drift estimation settings (copied per device).
+        compensate: resample (True) or only measure (False).
+        use_prior: use the ALSA-timestamp rates as the drift prior.
+        on_event: called (in the reading thread) with each drift event as a dict.
+        queue_blocks: per-device capture queue length.
+        wait_s: how long a read waits for a late non-reference device.
+        analysis_row: which delivered channel of each device the estimator compares.
+
+    Raises:
+        DeviceError: a device cannot be opened (the others are closed again).
+    """
+
+    def __init__(self, specs: list[DeviceSpec], reference: int, fs_hz: int,
+                 period_frames: int, settings: DriftSettings | None = None,
+                 compensate: bool = True, use_prior: bool = True,
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 queue_blocks: int = 64, wait_s: float = 1.0,
+                 analysis_row: int = 0) -> None:
+        if not 0 <= reference < len(specs):
+            raise ValueError(f"reference {reference} is not one of {len(specs)} devices")
+        rows = sorted(r for s in specs for r in s.geometry_rows)
+        if rows != list(range(len(rows))):
+            raise ValueError(f"geometry rows {rows} must be 0..{len(rows) - 1}, each once")
+        self.fs_hz = int(fs_hz)
+        self.period_frames = int(period_frames)
+        self.n_channels = len(rows)
+        self._settings = settings or DriftSettings()
+        self._compensate = compensate
+        self._use_prior = use_prior
+        self._on_event = on_event
+        self._wait_s = wait_s
+        self._analysis_row = analysis_row
+        self._reference = reference
+        self._closed = False
+        self._devices: list[_Device] = []
+        warmup_kernels()  # compile before any device runs: compiling holds the GIL
+        try:
+            for spec in specs:
+                source = spec.open()
+                if source.n_channels != len(spec.geometry_rows):
+                    source.close()
+                    raise DeviceError(f"capture device {spec.name!r} delivers "
+                                      f"{source.n_channels} channel(s) for "
+                                      f"{len(spec.geometry_rows)} geometry row(s)")
+                self._devices.append(_Device(spec, source, queue_blocks))
+        except BaseException:
+            self.close()
+            raise
+        self._merged = np.zeros((self.n_channels, self.period_frames), np.float32)
+        self._outs = [np.zeros((len(d.spec.geometry_rows), self.period_frames), np.float32)
+                      for d in self._devices]
+        self._last_prior_s = 0.0
+        self._expected: dict[str, float] = {}
+        for dev in self._devices:
+            dev.thread = threading.Thread(target=self._capture, args=(dev,),
+                                          name=f"mica-capture-{dev.spec.name}", daemon=True)
+            dev.thread.start()
+
+    # ------------------------------------------------------------------ capture threads
+
+    def _capture(self, dev: _Device) -> None:
+        """Read one device and enqueue; never waits on anything else."""
+        try:
+            while not self._closed:
+                block = dev.source.read()
+                if block is None:
+                    break
+                dev.queue.put(block)
+        except MicaError as err:
+            if not self._closed:
+                dev.error = str(err)
+                log.error("capture device %r failed: %s", dev.spec.name, err)
+        finally:
+            dev.queue.close()
+
+    # ------------------------------------------------------------------ Source
+
+    @property
+    def xruns_total(self) -> int:
+        """Overruns of every device."""
+        return sum(d.source.xruns_total for d in self._devices)
+
+    @property
+    def dropped_total(self) -> int:
+        """Blocks dropped because a device queue was full."""
+        return sum(d.queue.dropped_total for d in self._devices)
+
+    def _get(self, dev: _Device, timeout_s: float) -> Block | None:
+        block = dev.queue.get(timeout_s=timeout_s)
+        if block is None and dev.error is not None:
+            raise DeviceError(f"capture device {dev.spec.name!r}: {dev.error}")
+        if block is not None:
+            dev.rate.add(block)
+        return block
+
+    def read(self) -> Block | None:
+        """The next aligned block of every microphone, in geometry row order.
+
+        Raises:
+            DeviceError: a device failed or stalled (longer than ``wait_s``).
+        """
+        ref = self._devices[self._reference]
+        block = None
+        while block is None:
+            block = self._get(ref, 0.1)
+            if block is None and ref.queue.closed:
+                return None
+            if self._closed:
+                return None
+        if ref.first is None:
+            ref.first = block
+        if block.n_samples != self.period_frames:
+            raise DeviceError(f"capture device {ref.spec.name!r}: block of "
+                              f"{block.n_samples} frames, expected {self.period_frames}")
+        ref_mono = block.samples[self._analysis_row]
+        for i, dev in enumerate(self._devices):
+            out = self._outs[i]
+            if i == self._reference:
+                out[...] = block.samples
+            else:
+                self._fill_device(dev, ref_mono, out)
+            self._merged[dev.spec.geometry_rows] = out
+        self._maybe_update_priors()
+        return Block(self._merged.copy(), block.seq, block.t_capture_ns, block.gap_frames)
+
+    def _fill_device(self, dev: _Device, ref_mono: np.ndarray, out: np.ndarray) -> None:
+        deadline = time.monotonic() + self._wait_s
+        while dev.comp is None or not dev.comp.ready(out.shape[1]):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeviceError(f"capture device {dev.spec.name!r} stalled: no input for "
+                                  f"{self._wait_s:.1f} s")
+            other = self._get(dev, min(left, 0.1))
+            if other is None:
+                if dev.queue.closed:
+                    raise DeviceError(f"capture device {dev.spec.name!r} ended")
+                continue
+            if dev.comp is None:
+                dev.comp = self._new_compensator(dev, other)
+            if other.gap_frames:
+                dev.comp.resampler.skip_input(other.gap_frames)
+            dev.comp.push(other.samples)
+        for event in dev.comp.process(np.ascontiguousarray(ref_mono), out):
+            self._emit(dev, event)
+
+    def _new_compensator(self, dev: _Device, first: Block) -> DriftCompensator:
+        ref_first = self._devices[self._reference].first
+        assert ref_first is not None
+        # device sample index captured at the reference's first sample (timestamp guess)
+        guess = (ref_first.t_capture_ns - first.t_capture_ns) * self.fs_hz / _NS
+        settings = DriftSettings(**vars(self._settings))
+        comp = DriftCompensator(len(dev.spec.geometry_rows), self.fs_hz, settings,
+                                analysis_channel=self._analysis_row,
+                                initial_offset_samples=guess, compensate=self._compensate)
+        comp.expected_delay_samples = self._expected.get(dev.spec.name, 0.0)
+        log.info("drift: device %r starts %.1f samples after the reference (timestamps)",
+                 dev.spec.name, -guess)
+        return comp
+
+    def _maybe_update_priors(self) -> None:
+        """Once per second: the ALSA-timestamp rate ratio of each device (reported as
+        ``prior_ppm``; the drift prior when ``use_prior``)."""
+        ref = self._devices[self._reference]
+        now = time.monotonic()
+        if now - self._last_prior_s < 1.0:
+            return
+        self._last_prior_s = now
+        ref_rate = ref.rate.rate()
+        if ref_rate is None:
+            return
+        for dev in self._devices:
+            rate = dev.rate.rate()
+            if dev is ref or dev.comp is None or rate is None:
+                continue
+            ppm = (rate[0] / ref_rate[0] - 1.0) * 1e6
+            sigma = 1e6 * 2 * PRIOR_JITTER_S / min(rate[1], ref_rate[1])
+            if self._use_prior:
+                dev.comp.set_prior(ppm, sigma)
+            dev.prior = (ppm, sigma)  # type: ignore[attr-defined]
+
+    def _emit(self, dev: _Device, event: DriftEvent) -> None:
+        log.info("drift %s on %r: %.2f ppm (was %.2f), offset %.2f samples", event.kind,
+                 dev.spec.name, event.drift_ppm, event.previous_ppm, event.offset_samples)
+        if self._on_event is not None:
+            assert dev.comp is not None
+            self._on_event({"device": dev.spec.name, "kind": event.kind,
+                            "drift_ppm": round(event.drift_ppm, 3),
+                            "previous_ppm": round(event.previous_ppm, 3),
+                            "offset_samples": round(event.offset_samples, 3),
+                            "lock": dev.comp.state, "t_ns": time.monotonic_ns()})
+
+    def set_expected_delays(self, delays_samples: dict[str, float]) -> None:
+        """Acoustic delay of each device's analysis channel behind the reference's, for the
+        look direction (samples); aligning subtracts it."""
+        self._expected.update(delays_samples)
+        for dev in self._devices:
+            if dev.comp is not None and dev.spec.name in delays_samples:
+                dev.comp.expected_delay_samples = float(delays_samples[dev.spec.name])
+
+    def drift_status(self) -> dict[str, dict[str, Any]]:
+        """Per device: drift (ppm), offset, lock state, prior; the reference says so."""
+        status: dict[str, dict[str, Any]] = {}
+        for i, dev in enumerate(self._devices):
+            if i == self._reference:
+                status[dev.spec.name] = {"reference": True, "drift_ppm": 0.0,
+                                         "offset_samples": 0.0, "lock": "reference"}
+                continue
+            entry: dict[str, Any] = ({"drift_ppm": None, "lock": "waiting"}
+                                     if dev.comp is None else dev.comp.status())
+            prior = getattr(dev, "prior", None)
+            entry["prior_ppm"] = None if prior is None else round(prior[0], 2)
+            entry["reference"] = False
+            status[dev.spec.name] = entry
+        return status
+
+    def close(self) -> None:
+        """Close every device (idempotent); capture threads end with their device."""
+        self._closed = True
+        for dev in self._devices:
+            try:
+                dev.source.close()
+            except Exception:  # one broken device must not keep the others open
+                log.exception("closing capture device %r failed", dev.spec.name)
+        for dev in self._devices:
+            if dev.thread is not None and dev.thread is not threading.current_thread():
+                dev.thread.join(timeout=1.0)
+
+
+def open_multi_capture(cfg: Any, on_event: Callable[[dict[str, Any]], None] | None = None,
+                       geometry_m: np.ndarray | None = None) -> MultiCapture:
+    """The :class:`MultiCapture` that ``cfg.capture.devices`` and ``cfg.drift`` describe.
+
+    With ``geometry_m``, each device is aligned so that the talker in the look direction
+    (``cfg.dsp``) keeps its physical delay between the devices' analysis channels.
+    """
+    from mica.array_dsp.steering import far_field_delays_s
+    from mica.device.sources.alsa import AlsaSource
+
+    cap = cfg.capture
+    specs = []
+    for dev in cap.devices:
+        mics = list(dev.mic_channels) or list(range(dev.channels))
+
+        def opener(dev: Any = dev, mics: list[int] = mics) -> Source:
+            return AlsaSource(dev.alsa_device, channels=dev.channels, fs_hz=cap.fs_hz,
+                              format=dev.format, period_frames=cap.period_frames,
+                              select=mics)
+
+        specs.append(DeviceSpec(dev.alsa_device, opener, list(dev.geometry_rows)))
+    refs = [i for i, dev in enumerate(cap.devices) if dev.reference]
+    d = cfg.drift
+    settings = DriftSettings(update_s=d.update_s, max_offset_s=d.max_offset_ms / 1e3,
+                             memory_s=d.memory_s, event_jump_ppm=d.event_jump_ppm)
+    ref = refs[0] if refs else 0
+    multi = MultiCapture(specs, ref, cap.fs_hz, cap.period_frames, settings,
+                         compensate=d.enabled, use_prior=d.alsa_prior, on_event=on_event,
+                         queue_blocks=cfg.service.ring_blocks, wait_s=d.wait_ms / 1e3)
+    if geometry_m is not None:
+        tau_s = far_field_delays_s(np.asarray(geometry_m, np.float64),
+                                   cfg.dsp.steer_azimuth_deg, cfg.dsp.steer_elevation_deg,
+                                   cfg.dsp.sound_speed_m_s,
+                                   reference_channel=specs[ref].geometry_rows[0])
+        multi.set_expected_delays({spec.name: float(tau_s[spec.geometry_rows[0]]) * cap.fs_hz
+                                   for spec in specs})
+    return multi
