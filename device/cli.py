@@ -95,9 +95,22 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     from mica.device.enhance_file import enhance_file
 
     _setup_logging(args.log_level or "WARNING")
+    steer, zones = args.steer, None
+    if args.config is not None:
+        from mica.device.config import load_config
+
+        dsp = load_config(args.config).dsp
+        zones = {name: (float(v[0]), float(v[1])) for name, v in dsp.zones.items()}
+        if args.beamformer is None:
+            args.beamformer = dsp.beamformer
+        if steer is None and dsp.steer != "fixed":
+            steer = dsp.steer
+    args.beamformer = args.beamformer or "das"
     summary = enhance_file(args.input, args.output, args.array,
                            steer_azimuth_deg=args.steer_azimuth,
-                           steer_elevation_deg=args.steer_elevation)
+                           steer_elevation_deg=args.steer_elevation,
+                           beamformer=args.beamformer, steer=steer, zones=zones,
+                           report_path=args.report)
     print(f"wrote {args.output}: {summary}")
     return 0
 
@@ -143,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="look direction, degrees CCW from +x (default 0)")
     enh.add_argument("--steer-elevation", type=float, default=0.0, metavar="DEG",
                      help="look direction elevation in degrees (default 0)")
+    enh.add_argument("--beamformer", choices=["das", "superdirective", "mvdr"], default=None,
+                     help="das (delay-and-sum, default), superdirective or mvdr (online, "
+                     "adaptive)")
+    enh.add_argument("--steer", metavar="auto|AZIMUTH_DEG|zone:NAME", default=None,
+                     help="auto: follow the talker's tracked direction; a number: azimuth "
+                     "(like --steer-azimuth); zone:NAME: a zone from --config's [dsp.zones]")
+    enh.add_argument("--config", type=Path, default=None,
+                     help="daemon TOML: its [dsp] beamformer, steer and zones are the defaults")
+    enh.add_argument("--report", type=Path, default=None, metavar="REPORT.json",
+                     help="write a JSON report: per second DOA, speech presence, channels used")
     enh.set_defaults(func=_cmd_enhance)
 
     config = sub.add_parser("config", help="configuration tools")

@@ -28,9 +28,15 @@ def _opt(default: Any, doc: str, **check: Any) -> Any:
     ``check`` may hold ``min``, ``max`` (inclusive), ``choices``, ``path`` (an existing file,
     when non-empty) and ``item_min`` / ``item_max`` for lists.
     """
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": doc, **check})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default),
+                     metadata={"doc": doc, **check})
     return field(default=default, metadata={"doc": doc, **check})
+
+
+BEAMFORMERS = ("das", "superdirective", "mvdr")
+"""``mica.array_dsp.enhancer.BEAMFORMERS``, spelled out so loading a config needs no numba
+(a test keeps the two equal)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,20 @@ class DspConfig:
     sound_speed_m_s: float = _opt(343.0, "speed of sound (m/s)", min=300.0, max=370.0)
     """Speed of sound in m/s."""
 
+    beamformer: str = _opt("das", "beamformer: das, superdirective or mvdr",
+                           choices=BEAMFORMERS)
+    """``das`` (delay-and-sum), ``superdirective`` (MVDR against diffuse noise, fixed) or
+    ``mvdr`` (online, SPP-driven covariances, RTF steering)."""
+    steer: str = _opt("fixed", "look direction: fixed (steer_*_deg), auto (track the talker) "
+                      "or zone:NAME")
+    """``fixed`` uses ``steer_azimuth_deg``/``steer_elevation_deg``; ``auto`` follows the
+    tracked DOA of the talker; ``zone:NAME`` looks at a direction from ``dsp.zones``."""
+    doa_enabled: bool = _opt(True, "estimate the talker's direction (telemetry, event/doa)")
+    """Run SRP-PHAT DOA and the tracker (always on with ``steer = "auto"``)."""
+    exclude_dead_channels: bool = _opt(True, "leave dead/stuck microphones out of the beam")
+    """Detect dead, stuck or far-too-quiet microphones and leave them out, without restart."""
+    zones: dict = _opt({}, "named look directions: NAME = [azimuth_deg, elevation_deg]")
+    """Named look directions, e.g. ``driver = [35.0, 0.0]``; picked by ``steer = "zone:NAME"``."""
 
 @dataclass(frozen=True)
 class MqttConfig:
@@ -361,8 +381,27 @@ def _build(cls: type, table: Any, path: str, base_dir: Path, problems: list[str]
     return cls(**kwargs)
 
 
+def _dsp_checks(dsp: DspConfig, problems: list[str]) -> None:
+    """``dsp.zones`` entries and ``dsp.steer`` naming a zone."""
+    for name, value in dsp.zones.items():
+        row = value if isinstance(value, list) else None
+        if (row is None or len(row) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)
+                or not -90.0 <= row[1] <= 90.0):
+            problems.append(f"dsp.zones.{name}: must be [azimuth_deg, elevation_deg] with "
+                            f"elevation in [-90, 90], got {value!r}")
+    if dsp.steer.startswith("zone:"):
+        if dsp.steer[5:] not in dsp.zones:
+            known = ", ".join(sorted(dsp.zones)) or "none"
+            problems.append(f"dsp.steer: zone {dsp.steer[5:]!r} is not in dsp.zones "
+                            f"(zones: {known})")
+    elif dsp.steer not in ("fixed", "auto"):
+        problems.append(f"dsp.steer: must be fixed, auto or zone:NAME, got {dsp.steer!r}")
+
+
 def _cross_checks(cfg: Config, problems: list[str]) -> None:
     """Conflicts between keys that no single key shows."""
+    _dsp_checks(cfg.dsp, problems)
     if cfg.capture.source == "wav" and not cfg.capture.wav_path:
         problems.append("capture.wav_path: required when capture.source = \"wav\"")
     if cfg.array.geometry_file and cfg.array.geometry_m:
