@@ -77,6 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _setup_logging(args.log_level or cfg.service.log_level)
     service = Service(cfg, dsp_hook=_stall_hook())
+    service.config_path = str(args.config) if args.config else None  # for `reload`
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)

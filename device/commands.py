@@ -19,7 +19,7 @@ mute       ``{}``                                   stop publishing audio (priva
 unmute     ``{}``                                   publish audio again (if enabled)
 steer      ``{"azimuth_deg": a, "elevation_deg": e}`` point the beam (elevation optional, 0)
 zone       ``{"zone": "driver"}``                   select a named listening zone
-quality    ``{"level": "full"}``                    force a quality level (``"auto"``: governor)
+quality    ``{"level": "das"}`` or ``{"level": 1}``     force a quality level (name or index)
 audio      ``{"enabled": true}``                    audio stream on/off
 reload     ``{}``                                   re-read the config file, apply what can be
                                                     applied live
@@ -42,8 +42,6 @@ MAX_PAYLOAD_BYTES = 4096
 MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 64
 
-QUALITY_LEVELS = ("auto", "full", "reduced", "minimal")
-"""Values of ``quality``'s ``level``; ``auto`` hands the choice back to the governor."""
 
 ERROR_CODES = ("unknown_command", "not_allowed", "bad_json", "bad_payload", "too_large",
                "not_supported", "failed")
@@ -119,11 +117,10 @@ def _validate(name: str, args: dict) -> dict[str, Any]:
         return {"zone": _string(args, "zone")}
     if name == "quality":
         _only(args, ("level",))
-        level = _string(args, "level")
-        if level not in QUALITY_LEVELS:
-            raise CommandError("bad_payload", f"'level' must be one of {list(QUALITY_LEVELS)}, "
-                               f"got {_short(level)}")
-        return {"level": level}
+        level = args.get("level")
+        if isinstance(level, int) and not isinstance(level, bool) and 0 <= level < 64:
+            return {"level": level}
+        return {"level": _string(args, "level")}
     if name == "audio":
         _only(args, ("enabled",))
         if not isinstance(args.get("enabled"), bool):

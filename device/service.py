@@ -14,6 +14,7 @@ returns within about one second.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -27,7 +28,8 @@ from mica.array_dsp.enhancer import Enhancer
 from mica.array_dsp.errors import ConfigError, MicaError
 from mica.array_dsp.geometry import ArrayGeometry, geometry_from_list, load_geometry_json
 from mica.device.block import Block, Source
-from mica.device.config import Config
+from mica.device.commands import Command, CommandError
+from mica.device.config import Config, load_config
 from mica.device.governor import (
     DspLoadMeter,
     Governor,
@@ -38,14 +40,17 @@ from mica.device.governor import (
     board_sensors,
     resolve_levels,
 )
+from mica.device.ha_discovery import discovery_messages
 from mica.device.mqtt_link import AudioChunk, AudioChunker, MqttLink
 from mica.device.multi_capture import MultiCapture, open_multi_capture
 from mica.device.reblock import Reblocker
 from mica.device.ring import DropOldestQueue
 from mica.device.sd_notify import Notifier, Watchdog
 from mica.device.sources.factory import open_source
+from mica.device.spool import Spool
 from mica.device.stage_stats import StageStats
-from mica.device.telemetry import ProcessSampler, telemetry_payload
+from mica.device.sysfs import BoardSampler
+from mica.device.telemetry import ChannelLevels, ProcessSampler, telemetry_payload
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +124,16 @@ class Service:
         self.out: DropOldestQueue[Block] = DropOldestQueue(cfg.service.out_queue_blocks)
         self.dsp_stats = StageStats(window=1000)
         self.sampler = ProcessSampler()
-        self.link = MqttLink(cfg) if cfg.mqtt.enabled else None
+        self.link = self._make_link(cfg) if cfg.mqtt.enabled else None
+        self.config_path: str | None = None
+        """The config file, for the ``reload`` command (set by ``mica run``)."""
+        self.muted = False
+        """Audio publishing stopped by the ``mute`` command (privacy)."""
+        self.audio_on = cfg.mqtt.audio_enabled
+        self._steer_requests: list[tuple[float, float, Callable[..., None]]] = []
+        self._steer_lock = threading.Lock()
+        self.channel_levels = ChannelLevels(self.geometry.n_channels)
+        self.board = BoardSampler(spool_dir=cfg.mqtt.spool_dir or None)
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -178,9 +192,10 @@ class Service:
             "hop_samples": cfg.dsp.hop_samples,
             "latency_seconds": self.latency_s,
             "stream_delay_samples": self.enhancer.latency_samples,
-            "steer_azimuth_deg": cfg.dsp.steer_azimuth_deg,
-            "steer_elevation_deg": cfg.dsp.steer_elevation_deg,
-            "streams": [cfg.mqtt.audio_stream] if cfg.mqtt.audio_enabled else [],
+            "steer_azimuth_deg": self.enhancer.steer_azimuth_deg,
+            "steer_elevation_deg": self.enhancer.steer_elevation_deg,
+            "streams": [cfg.mqtt.audio_stream] if getattr(self, "audio_on", False) else [],
+            "muted": getattr(self, "muted", False),
             "config_hash": cfg.config_hash,
             "quality_level": self.governor.level_name,
             "quality_levels": list(self.governor.levels),
@@ -352,6 +367,8 @@ class Service:
         try:
             while True:
                 block = self.ring.get(timeout_s=0.1)
+                if self._steer_requests:
+                    self._apply_steer()
                 if block is None:
                     if self.ring.closed:
                         break
@@ -367,6 +384,7 @@ class Service:
                         self._dsp_hook(hop_block)
                     y = self.enhancer.process(hop_block.samples)
                     self.dsp_stats.record(time.perf_counter() - t0, audio_s)
+                    self.channel_levels.add(hop_block.samples)
                     self.out.put(Block(y[np.newaxis, :].copy(), hop_block.seq,
                                        hop_block.t_capture_ns, hop_block.gap_frames))
                     self.blocks_total += 1
@@ -389,19 +407,22 @@ class Service:
             block = self.out.get(timeout_s=0.05)
             if block is not None and self._audio_sink is not None:
                 self._audio_sink(block.samples[0])
-            if block is not None and self.link is not None and cfg.audio_enabled:
+            if block is not None and self.link is not None and self.audio_on and not self.muted:
                 for chunk in chunker.push(block.samples[0], block.t_capture_ns, block.seq):
                     self._publish_chunk(chunk)
             now = time.monotonic()
             if now >= next_telemetry and self.link is not None:
-                self.link.publish_telemetry(self.telemetry(telemetry_seq))
+                payload = self.telemetry(telemetry_seq)
+                if telemetry_seq == 0 and cfg.ha_discovery:
+                    self.link.set_retained(discovery_messages(self.cfg, payload, self.info))
+                self.link.publish_telemetry(payload)
                 telemetry_seq += 1
                 next_telemetry = now + cfg.telemetry_interval_s
             if block is None and self.out.closed:
                 break
         if self.link is not None:
             last = chunker.flush()
-            if last is not None and cfg.audio_enabled:
+            if last is not None and self.audio_on and not self.muted:
                 self._publish_chunk(last)
             self.link.publish_telemetry(self.telemetry(telemetry_seq))
         self._finished.set()
@@ -409,7 +430,7 @@ class Service:
     def _publish_chunk(self, chunk: AudioChunk) -> None:
         assert self.link is not None
         self.link.publish_audio(chunk.pcm, chunk.seq, chunk.t_capture_ns,
-                                self.cfg.mqtt.audio_stream)
+                                self.cfg.mqtt.audio_stream, self._audio_properties())
         self.chunks_published += 1
 
     def telemetry(self, seq: int) -> dict[str, Any]:
@@ -432,6 +453,7 @@ class Service:
             device_up=int(self._lost_at is None),
             quality_level=self.governor.level_name,
             quality_level_index=self.governor.level,
+            **self._mqtt_telemetry(),
             **self._drift_telemetry(),
         )
 
@@ -448,6 +470,119 @@ class Service:
         """A drift estimate jumped, locked or re-locked: ``event/drift``."""
         if self.link is not None:
             self.link.publish_event("drift", event)
+
+    # ------------------------------------------------------------------ MQTT extras
+
+    def _make_link(self, cfg: Config) -> MqttLink:
+        """The MQTT link with its spool (on disk under ``mqtt.spool_dir/<device id>``)."""
+        spool = None
+        if cfg.mqtt.spool_dir and cfg.mqtt.spool_max_bytes > 0:
+            spool = Spool(f"{cfg.mqtt.spool_dir}/{cfg.device.id}", cfg.mqtt.spool_max_bytes)
+        return MqttLink(cfg, spool=spool, command_handler=self._on_command)
+
+    def _audio_properties(self) -> dict[str, Any]:
+        """Extra MQTT 5 user properties of each audio chunk."""
+        props: dict[str, Any] = {"steer_azimuth_deg": round(self.enhancer.steer_azimuth_deg, 2)}
+        doa = getattr(self, "doa_azimuth_deg", None)  # set by the DOA tracker when present
+        if doa is not None:
+            props["doa_azimuth_deg"] = round(float(doa), 2)
+        return props
+
+    def _mqtt_telemetry(self) -> dict[str, Any]:
+        """Board health, channel levels, mute/audio state and the link's counters."""
+        fields: dict[str, Any] = self.board.sample()
+        fields.pop("load1", None)  # telemetry_payload takes it from the process sampler
+        fields.update(self.channel_levels.take())
+        fields["muted"] = self.muted
+        fields["audio_enabled"] = self.audio_on
+        if self.link is not None:
+            fields.update(self.link.stats())
+        return fields
+
+    def _apply_steer(self) -> None:
+        """DSP thread, between blocks: point the beam as the ``steer`` commands asked."""
+        with self._steer_lock:
+            requests, self._steer_requests = self._steer_requests, []
+        for azimuth_deg, elevation_deg, reply in requests:
+            try:
+                self.enhancer.steer(azimuth_deg, elevation_deg)
+            except (MicaError, ValueError) as err:
+                reply(error=CommandError("failed", str(err)))
+                continue
+            reply({"steer_azimuth_deg": self.enhancer.steer_azimuth_deg,
+                   "steer_elevation_deg": self.enhancer.steer_elevation_deg})
+        if requests and self.link is not None:
+            self.link.set_info(self.info)
+
+    def _on_command(self, command: Command, reply: Callable[..., None]) -> None:
+        """paho's thread: apply a validated command (docs/mqtt.md, "Commands")."""
+        name, args = command.name, command.args
+        if name in ("mute", "unmute"):
+            self.muted = name == "mute"
+            log.info("audio %s by command", "muted" if self.muted else "unmuted")
+            reply({"muted": self.muted})
+        elif name == "audio":
+            self.audio_on = bool(args["enabled"])
+            reply({"audio_enabled": self.audio_on, "muted": self.muted})
+        elif name == "steer":
+            with self._steer_lock:
+                self._steer_requests.append((args["azimuth_deg"], args["elevation_deg"], reply))
+            return  # answered by the DSP thread once applied
+        elif name == "quality":
+            level = args["level"]
+            levels = self.governor.levels
+            index = level if isinstance(level, int) else (
+                levels.index(level) if level in levels else -1)
+            if not 0 <= index < len(levels):
+                reply(error=CommandError("bad_payload", f"unknown quality level {level!r}; "
+                                         f"this device has {levels}"))
+                return
+            self.set_quality_level(index, "command")
+            reply({"quality_level": self.governor.level_name,
+                   "quality_level_index": self.governor.level})
+        elif name == "zone":
+            set_zone = getattr(self, "set_zone", None)
+            if set_zone is None:
+                reply(error=CommandError("not_supported", "zones are not available in this "
+                                         "version"))
+                return
+            reply(set_zone(args["zone"]) or {"zone": args["zone"]})
+        elif name == "reload":
+            try:
+                reply(self._reload())
+            except CommandError as err:
+                reply(error=err)
+        else:
+            reply(error=CommandError("not_supported", f"command {name!r} not supported"))
+        if self.link is not None:
+            self.link.set_info(self.info)
+
+    def _reload(self) -> dict[str, Any]:
+        """Re-read the config file; apply the look direction and the audio switch now, and
+        list the sections whose other changes need a restart. Raises :class:`CommandError`
+        for a missing or bad file (the running config stays)."""
+        if not self.config_path:
+            raise CommandError("not_supported", "started without a config file")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as err:
+            raise CommandError("failed", f"config not reloaded: {err}") from err
+        with self._steer_lock:
+            self._steer_requests.append((new.dsp.steer_azimuth_deg,
+                                         new.dsp.steer_elevation_deg, lambda *a, **k: None))
+        self.audio_on = new.mqtt.audio_enabled
+        live = {"dsp": {"steer_azimuth_deg", "steer_elevation_deg"},
+                "mqtt": {"audio_enabled"}}
+        restart = []
+        for section in dataclasses.fields(new):
+            old_keys = dataclasses.asdict(getattr(self.cfg, section.name))
+            new_keys = dataclasses.asdict(getattr(new, section.name))
+            changed = {k for k in new_keys if new_keys[k] != old_keys.get(k)}
+            if changed - live.get(section.name, set()):
+                restart.append(section.name)
+        return {"applied": ["dsp.steer_azimuth_deg", "dsp.steer_elevation_deg",
+                            "mqtt.audio_enabled"], "restart_required": restart,
+                "config_hash": new.config_hash}
 
 
 def _process_age_s(sampler: ProcessSampler, fallback_t0: float) -> float:

@@ -42,6 +42,7 @@ def test_online_and_info_retained_then_offline_on_stop(mqtt_config, mqtt_subscri
     cfg = mqtt_config()
     base = cfg.topic_base
     link = started(cfg)
+    time.sleep(0.3)  # let the broker store them before the subscriber comes
     # A subscriber that comes later gets both as retained messages.
     sub = mqtt_subscriber(f"{base}/#")
     status = sub.wait_count(f"{base}/status", 1)
