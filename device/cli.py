@@ -74,7 +74,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mica.device.config import load_config
     from mica.device.service import Service
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, board=args.board)
     _setup_logging(args.log_level or cfg.service.log_level)
     service = Service(cfg, dsp_hook=_stall_hook())
     service.config_path = str(args.config) if args.config else None  # for `reload`
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", type=Path, help="TOML config (default: built-in defaults)")
+    run.add_argument("--board", metavar="NAME", help="board profile that fills the capture and "
+                     "array settings (mica boards lists them); config keys override it")
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="replay a recording as the array through a private "
@@ -177,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     example = csub.add_parser("example", help="print the documented example config")
     example.set_defaults(func=_cmd_config_example)
 
+    from mica.device.cli_calibration import register as register_calibration
+
+    register_calibration(sub)
     for ep in entry_points(group=COMMAND_GROUP):
         try:
             ep.load()(sub)

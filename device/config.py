@@ -129,6 +129,10 @@ class ArrayConfig:
     mic_channels: list = _opt([], "capture channels that are microphones, in geometry order "
                                   "(empty: all, in order)", item_min=0, item_max=63)
     """Capture channel index of each geometry row; empty means channel k is mic k."""
+    calibration_file: str = _opt("", "calibration JSON written by mica calibrate, applied at "
+                                 "start (empty: none)", path=True)
+    """Per-mic gain/delay corrections, position offsets, excluded mics and channel order
+    measured on this board (format: docs/calibration.md)."""
 
 
 @dataclass(frozen=True)
@@ -505,9 +509,44 @@ def _with_board_profile(data: dict, board: str | None) -> dict:
     return merged
 
 
-def parse_config(data: dict, base_dir: Path, source: str = "config") -> Config:
-    """Build a :class:`Config` from an already parsed TOML mapping; raise on any problem."""
+def _with_board_profile(data: dict, board: str | None) -> dict:
+    """``data`` over the defaults of board profile ``board`` (or of ``device.board`` when it
+    names a built-in profile): the profile fills ``[capture]`` and ``[array]``, every key the
+    file sets wins. An unknown ``device.board`` stays a plain label; an unknown ``board``
+    argument (``mica run --board``) is an error."""
+    from mica.calibration.profiles import ProfileError, list_profiles, load_profile
+
+    device = data.get("device") if isinstance(data.get("device"), dict) else {}
+    name = board or device.get("board")
+    if not isinstance(name, str) or (board is None and name not in list_profiles()):
+        return data
+    try:
+        defaults = load_profile(name).config_defaults()
+    except ProfileError as err:
+        raise ConfigError([f"device.board: {err}"]) from err
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    user_array = merged.get("array", {}) if isinstance(merged.get("array"), dict) else {}
+    if user_array.get("geometry_file") or user_array.get("geometry_m"):
+        defaults["array"].pop("geometry_m")  # the file's own geometry replaces the profile's
+        if "mic_channels" not in user_array:
+            defaults["array"].pop("mic_channels")
+    for section, keys in defaults.items():
+        table = merged.get(section, {})
+        if isinstance(table, dict):
+            merged[section] = {**keys, **table}
+    merged["device"] = {**device, "board": name}
+    return merged
+
+
+def parse_config(data: dict, base_dir: Path, source: str = "config",
+                 board: str | None = None) -> Config:
+    """Build a :class:`Config` from an already parsed TOML mapping; raise on any problem.
+
+    ``board`` (or a ``device.board`` naming a built-in profile) fills ``[capture]`` and
+    ``[array]`` from that board profile; keys set in ``data`` override it.
+    """
     problems: list[str] = []
+    data = _with_board_profile(data, board)
     cfg = _build(Config, data, "", base_dir, problems)
     if not problems:
         _cross_checks(cfg, problems)
@@ -516,14 +555,18 @@ def parse_config(data: dict, base_dir: Path, source: str = "config") -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None) -> Config:
+def load_config(path: str | Path | None, board: str | None = None) -> Config:
     """Load and check a TOML config file (``None``: all defaults).
+
+    ``board``: a board profile name (``mica run --board``) whose capture and array settings
+    fill what the file leaves unset.
 
     Raises:
         ConfigError: listing every problem with its key path, or the TOML syntax error.
     """
     if path is None:
-        return Config()
+        return Config() if board is None else parse_config({}, Path.cwd(), f"board {board}",
+                                                           board)
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -533,7 +576,7 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError([f"cannot read: {err}"], str(p)) from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"not valid TOML: {err}"], str(p)) from err
-    return parse_config(data, p.resolve().parent, str(p))
+    return parse_config(data, p.resolve().parent, str(p), board)
 
 
 def replace(cfg: Config, **sections: dict[str, Any]) -> Config:

@@ -27,6 +27,12 @@ import numpy as np
 from mica.array_dsp.enhancer import Enhancer
 from mica.array_dsp.errors import ConfigError, MicaError
 from mica.array_dsp.geometry import ArrayGeometry, geometry_from_list, load_geometry_json
+from mica.calibration.calfile import (
+    Calibration,
+    ChannelCorrector,
+    apply_calibration,
+    load_calibration,
+)
 from mica.device.block import Block, Source
 from mica.device.commands import Command, CommandError
 from mica.device.config import Config, load_config
@@ -84,6 +90,44 @@ def resolve_geometry(cfg: Config) -> ArrayGeometry:
     return geometry
 
 
+def calibrated_array(cfg: Config, geometry: ArrayGeometry) -> tuple[
+        Calibration | None, ArrayGeometry, list[int] | None, ChannelCorrector | None]:
+    """Apply ``array.calibration_file`` (and the board profile's nominal gains) to the array.
+
+    Returns the calibration (``None`` without a file), the geometry with measured offsets and
+    without excluded mics, the capture channel of each kept mic (``None``: the configured
+    order) and the per-channel corrector to run before the Enhancer (``None``: nothing to
+    correct).
+    """
+    from mica.calibration.profiles import ProfileError, list_profiles, load_profile
+
+    nominal = None
+    if cfg.device.board in list_profiles():
+        try:
+            profile = load_profile(cfg.device.board)
+        except ProfileError as err:
+            raise ConfigError([f"device.board: {err}"]) from err
+        if profile.n_mics == geometry.n_channels:
+            nominal = profile.nominal_gain_db
+    cal = load_calibration(cfg.array.calibration_file) if cfg.array.calibration_file else None
+    mics = list(cfg.array.mic_channels) or None
+    if cal is None and not any(nominal or ()):
+        return None, geometry, mics, None
+    arr = apply_calibration(geometry.positions_m, mics, cal, nominal)
+    if cal is not None:
+        log.info("calibration %s (%s, %s): gains %s dB, excluded mics %s", cal.source,
+                 cal.created_utc or "undated", cal.method or "method not given",
+                 [round(g, 2) for g in cal.gain_db], list(cal.excluded_mics) or "none")
+        geometry = ArrayGeometry(arr.positions_m, fs_hz=geometry.fs_hz,
+                                 source=f"{geometry.source} + {cal.source}")
+        mics = arr.mic_channels
+        if any(c >= cfg.capture.channels for c in mics):
+            raise ConfigError([f"array.calibration_file: mic_channels {mics} name a channel "
+                               f">= capture.channels = {cfg.capture.channels}"])
+    corrector = ChannelCorrector(arr.gains, arr.delays_s, cfg.dsp.fs_hz)
+    return cal, geometry, mics, (None if corrector.is_identity else corrector)
+
+
 class Service:
     """mica's main job on one array; ``start()``, then ``wait()``, then ``stop()``.
 
@@ -105,11 +149,12 @@ class Service:
                  notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.geometry = resolve_geometry(cfg)
+        self.calibration, self.geometry, mics, self.corrector = calibrated_array(cfg,
+                                                                                 self.geometry)
         if cfg.capture.fs_hz != cfg.dsp.fs_hz:
             raise ConfigError([f"capture.fs_hz: {cfg.capture.fs_hz} Hz capture needs "
                                f"resampling to dsp.fs_hz = {cfg.dsp.fs_hz}, which the daemon "
                                "does not do yet: capture at the DSP rate"])
-        mics = list(cfg.array.mic_channels) or None
         self._audio_sink = audio_sink
         self._source_factory = source_factory or (
             (lambda: open_multi_capture(cfg, self._on_drift_event,
@@ -182,6 +227,7 @@ class Service:
             "version": mica_version(),
             "device_id": cfg.device.id,
             "board": cfg.device.board,
+            "calibration": self.calibration.info() if self.calibration else None,
             "channels": self.geometry.n_channels,
             "capture": {"source": cfg.capture.source, "device": cfg.capture.alsa_device
                         if cfg.capture.source == "alsa" else cfg.capture.wav_path,
@@ -382,7 +428,9 @@ class Service:
                     t0 = time.perf_counter()
                     if self._dsp_hook is not None:  # timed: a slow hook is a slow DSP
                         self._dsp_hook(hop_block)
-                    y = self.enhancer.process(hop_block.samples)
+                    x = (hop_block.samples if self.corrector is None
+                         else self.corrector.process(hop_block.samples))
+                    y = self.enhancer.process(x)
                     self.dsp_stats.record(time.perf_counter() - t0, audio_s)
                     self.channel_levels.add(hop_block.samples)
                     self.out.put(Block(y[np.newaxis, :].copy(), hop_block.seq,
