@@ -177,20 +177,17 @@ class Enhancer:
         self._work_l = np.zeros((n_ch, n_ch), np.complex128)
         self._work_b = np.zeros(n_ch, np.complex128)
         self._work_x = np.zeros(n_ch, np.complex128)
-        self._need_cov = beamformer == "mvdr" or self._track_doa
-        shape = (n_bins, n_ch, n_ch) if self._need_cov else (0, n_ch, n_ch)
-        self._phi_n = np.zeros(shape, np.complex64)
-        self._phi_x = np.zeros(shape, np.complex64)
-        self._mass_n = np.zeros(shape[0], np.float64)
-        self._mass_x = np.zeros(shape[0], np.float64)
+        # every chain's state is allocated here, so set_beamformer() allocates nothing
+        self._phi_n = np.zeros((n_bins, n_ch, n_ch), np.complex64)
+        self._phi_x = np.zeros((n_bins, n_ch, n_ch), np.complex64)
+        self._mass_n = np.zeros(n_bins, np.float64)
+        self._mass_x = np.zeros(n_bins, np.float64)
         self._rtf = np.zeros((n_bins, n_ch), np.complex64)
         self._rtf_state = np.zeros((n_bins, n_ch), np.complex64)
         self._rtf_used = np.zeros(n_bins, np.uint8)
-        self._gamma = np.zeros((n_bins, n_ch, n_ch) if beamformer == "superdirective"
-                               else (0, n_ch, n_ch), np.complex64)
-        if beamformer == "superdirective":
-            diffuse_coherence_kernel(self.geometry.positions_m, self._freqs_hz,
-                                     self._sound_speed_m_s, self._gamma)
+        self._gamma = np.zeros((n_bins, n_ch, n_ch), np.complex64)
+        diffuse_coherence_kernel(self.geometry.positions_m, self._freqs_hz,
+                                 self._sound_speed_m_s, self._gamma)
         self._wng_floor = 10.0 ** (self.params.wng_floor_db / 10.0)
         self._rtf_min_snr = 10.0 ** (self.params.rtf_min_snr_db / 10.0)
         dp = self.params.doa
@@ -237,6 +234,18 @@ class Enhancer:
     def beamformer(self) -> str:
         """The beamformer in use (one of :data:`BEAMFORMERS`)."""
         return self._beamformer
+
+    def set_beamformer(self, name: str) -> None:
+        """Switch the chain between blocks (e.g. the quality governor under load).
+
+        MVDR resumes from the covariances it last saw (they are tracked whenever DOA is on).
+        Raises :class:`SignalShapeError` for a name not in :data:`BEAMFORMERS`.
+        """
+        if name not in BEAMFORMERS:
+            raise SignalShapeError(f"beamformer must be one of {list(BEAMFORMERS)}, "
+                                   f"got {name!r}")
+        self._beamformer = name
+        self._refresh_fixed_weights()
 
     @property
     def reference_channel(self) -> int | None:
@@ -407,7 +416,7 @@ class Enhancer:
             spp = self._spp_out
         self._vad.update(spp)
         p = self.params
-        if self._need_cov:
+        if self._beamformer == "mvdr" or self._track_doa:
             covariance_update_kernel(spec, spp, p.noise_alpha, p.speech_alpha, self._phi_n,
                                      self._phi_x, self._mass_n, self._mass_x)
         self.doa_changed = False

@@ -128,6 +128,20 @@ def calibrated_array(cfg: Config, geometry: ArrayGeometry) -> tuple[
     return cal, geometry, mics, (None if corrector.is_identity else corrector)
 
 
+def enhancer_options(dsp: Any) -> dict[str, Any]:
+    """Enhancer keyword arguments from the ``[dsp]`` config (beamformer, steering, zones)."""
+    auto = dsp.steer == "auto"
+    opts: dict[str, Any] = {"beamformer": dsp.beamformer, "auto_steer": auto,
+                            "track_doa": dsp.doa_enabled or auto,
+                            "exclude_dead_channels": dsp.exclude_dead_channels,
+                            "steer_azimuth_deg": dsp.steer_azimuth_deg,
+                            "steer_elevation_deg": dsp.steer_elevation_deg}
+    if dsp.steer.startswith("zone:"):
+        azimuth_deg, elevation_deg = dsp.zones[dsp.steer[5:]]
+        opts["steer_azimuth_deg"], opts["steer_elevation_deg"] = azimuth_deg, elevation_deg
+    return opts
+
+
 class Service:
     """mica's main job on one array; ``start()``, then ``wait()``, then ``stop()``.
 
@@ -162,9 +176,13 @@ class Service:
             else (lambda: open_source(cfg.capture, mics)))
         self.enhancer = Enhancer(self.geometry.positions_m, fs_hz=cfg.dsp.fs_hz,
                                  hop_samples=cfg.dsp.hop_samples,
-                                 steer_azimuth_deg=cfg.dsp.steer_azimuth_deg,
-                                 steer_elevation_deg=cfg.dsp.steer_elevation_deg,
+                                 **enhancer_options(cfg.dsp),
                                  sound_speed_m_s=cfg.dsp.sound_speed_m_s)
+        self.doa_azimuth_deg: float | None = None
+        self._speech_active = False
+        self._speech_start_ns: int | None = None
+        self._dead_channels: tuple[int, ...] = ()
+        self._vad_blocks = self._vad_speech_blocks = 0
         self.ring: DropOldestQueue[Block] = DropOldestQueue(cfg.service.ring_blocks)
         self.out: DropOldestQueue[Block] = DropOldestQueue(cfg.service.out_queue_blocks)
         self.dsp_stats = StageStats(window=1000)
@@ -431,6 +449,7 @@ class Service:
                     x = (hop_block.samples if self.corrector is None
                          else self.corrector.process(hop_block.samples))
                     y = self.enhancer.process(x)
+                    self._dsp_events(hop_block.t_capture_ns)
                     self.dsp_stats.record(time.perf_counter() - t0, audio_s)
                     self.channel_levels.add(hop_block.samples)
                     self.out.put(Block(y[np.newaxis, :].copy(), hop_block.seq,
@@ -481,6 +500,57 @@ class Service:
                                 self.cfg.mqtt.audio_stream, self._audio_properties())
         self.chunks_published += 1
 
+    # ------------------------------------------------------------------ DOA / VAD (issue 12)
+
+    def _dsp_events(self, t_capture_ns: int) -> None:
+        """DSP thread, after each block: ``event/speech_start``/``speech_stop``,
+        ``event/doa`` (the tracked talker moved past the hysteresis) and
+        ``event/channels`` (a microphone was left out or taken back)."""
+        enh = self.enhancer
+        doa = enh.doa_azimuth_deg
+        self.doa_azimuth_deg = None if doa != doa else doa  # read by _audio_properties
+        self._vad_blocks += 1
+        self._vad_speech_blocks += int(enh.speech_active)
+        events: list[tuple[str, dict[str, Any]]] = []
+        if enh.speech_active != self._speech_active:
+            self._speech_active = enh.speech_active
+            if enh.speech_active:
+                self._speech_start_ns = t_capture_ns
+                events.append(("speech_start", {"t_capture_ns": t_capture_ns}))
+            else:
+                start = self._speech_start_ns or t_capture_ns
+                events.append(("speech_stop", {"t_capture_ns": t_capture_ns,
+                                               "t_start_ns": start,
+                                               "duration_s": (t_capture_ns - start) / 1e9}))
+        if enh.doa_changed and self.doa_azimuth_deg is not None:
+            events.append(("doa", {"t_capture_ns": t_capture_ns,
+                                   "azimuth_deg": round(self.doa_azimuth_deg, 2),
+                                   "steer_azimuth_deg": round(enh.steer_azimuth_deg, 2),
+                                   "auto_steer": enh.auto_steer}))
+        dead = enh.dead_channels
+        if dead != self._dead_channels:
+            self._dead_channels = dead
+            events.append(("channels", {"t_capture_ns": t_capture_ns,
+                                        "dead_channels": list(dead),
+                                        "active_channels": list(enh.active_channels)}))
+        if self.link is not None:
+            for kind, payload in events:
+                self.link.publish_event(kind, payload)
+
+    def _dsp_telemetry(self) -> dict[str, Any]:
+        """DOA, voice activity and microphones in use (telemetry fields, docs/mqtt.md)."""
+        enh = self.enhancer
+        duty = self._vad_speech_blocks / self._vad_blocks if self._vad_blocks else 0.0
+        self._vad_blocks = self._vad_speech_blocks = 0
+        return {"beamformer": enh.beamformer,
+                "steer_azimuth_deg": round(enh.steer_azimuth_deg, 2),
+                "doa_azimuth_deg": (None if self.doa_azimuth_deg is None
+                                    else round(self.doa_azimuth_deg, 2)),
+                "speech_active": bool(enh.speech_active),
+                "vad_duty": round(duty, 4),
+                "active_channels": list(enh.active_channels),
+                "dead_channels": list(enh.dead_channels)}
+
     def telemetry(self, seq: int) -> dict[str, Any]:
         """One telemetry message (see docs/mqtt.md for the fields and units)."""
         source = self._source
@@ -495,6 +565,7 @@ class Service:
             blocks_total=self.blocks_total,
             latency_seconds=self.latency_s,
             device_errors_total=self.device_errors_total,
+            **self._dsp_telemetry(),
             device_downtime_seconds_total=round(self.downtime_seconds_total
                                                 + (time.monotonic() - self._lost_at
                                                    if self._lost_at else 0.0), 3),

@@ -218,3 +218,15 @@ def test_reset_gives_the_same_output_again(beamformer: str) -> None:
     enh.reset()
     np.testing.assert_array_equal(run(enh, x), first)
     assert np.isfinite(first).all()
+
+
+def test_set_beamformer_switches_between_blocks() -> None:
+    geom = circle(4, 0.0323)
+    x = plane_wave(bursts(2 * FS_HZ, 9), geom, 60.0)
+    enh = Enhancer(geom, steer_azimuth_deg=60.0, track_doa=True)
+    for name in ("mvdr", "superdirective", "das", "mvdr"):
+        enh.set_beamformer(name)
+        assert enh.beamformer == name
+        assert np.isfinite(run(enh, x[:, :FS_HZ // 2])).all()
+    with pytest.raises(MicaError, match="beamformer"):
+        enh.set_beamformer("gsc")
