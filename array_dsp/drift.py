@@ -162,6 +162,8 @@ class DriftSettings:
     """Signal used for the initial GCC-PHAT offset search."""
     max_offset_s: float = 0.25
     """Offset search range (+-) at acquisition, beyond the timestamp guess."""
+    max_drift_ppm: float = 1000.0
+    """Largest drift acquisition believes (two offset peaks further apart: no lock yet)."""
     acquire_min_ratio: float = 2.0
     """GCC-PHAT peak over the next-best peak needed to accept an offset."""
     n_fft: int = 1024
@@ -482,7 +484,7 @@ class DriftCompensator:
         if not (ratio1 >= s.acquire_min_ratio and ratio2 >= s.acquire_min_ratio):
             return []
         rate = (lag2 - lag1) / half  # residual drift against the current step
-        if abs(rate) > 2e-3 or abs(lag2 - lag1) > 64:
+        if abs(rate) > s.max_drift_ppm * 1e-6:
             return []  # the two halves disagree: no reliable peak yet
         previous = self.drift_ppm
         step_ppm = self._seg_step_q / FRAC_ONE * 1e6 - 1e6

@@ -33,8 +33,9 @@ def _two_device_config(tmp_path: Path, dev_a: str, dev_b: str, prior: bool) -> d
 def test_daemon_drift_converges_on_two_fake_alsa_devices(fake_alsa, corpus_dir: Path,
                                                           tmp_path: Path) -> None:
     """Two fakemic devices play the two halves of a real 4-mic recording, one at +0 ppm and
-    one at +200 ppm; the daemon (signal only: no ALSA prior) reports the drift the devices'
-    own timestamps show, locked, within a few ppm."""
+    one at +200 ppm (its half rendered at its clock); the daemon (signal only: no ALSA
+    prior) reports 200 ppm within 5 ppm after 14 s, and the timestamp-based rate agrees
+    roughly."""
     audio, fs = sf.read(corpus_dir / f"{SPEECH}.wav", dtype="float32")
     (tmp_path / "geom.json").write_text((corpus_dir / f"{SPEECH}.json").read_text())
     # A device whose crystal runs 200 ppm fast samples the same sound 5001 times where the
@@ -58,12 +59,13 @@ def test_daemon_drift_converges_on_two_fake_alsa_devices(fake_alsa, corpus_dir: 
     assert service.fault is None
     last = history[-1]
     assert drift[a]["reference"] is True
-    # what the devices' own ALSA timestamps say (the plugin's pacing is not exact)
-    measured = last["prior_ppm"]
-    assert measured is not None and abs(measured - 200.0) < 60.0, history
     assert last["lock"] in ("tracking", "locked"), history
-    assert abs(last["drift_ppm"] - measured) < 5.0, history
-    assert abs(last["drift_ppm"] - 200.0) < 25.0, history
+    # the content is exactly 200 ppm fast (5001 / 5000): the signal-only estimate
+    assert abs(last["drift_ppm"] - 200.0) < 5.0, history
+    # what the devices' own ALSA timestamps say (the plugin's pacing is not exact, and a
+    # loaded machine adds jitter): only roughly the same
+    measured = last["prior_ppm"]
+    assert measured is not None and abs(measured - 200.0) < 150.0, history
     assert service.blocks_total > 1000
     assert np.isfinite(last["offset_samples"])
 
