@@ -56,7 +56,8 @@ def register(sub: Any) -> None:
 # --------------------------------------------------------------------------- boards
 
 
-def _cmd_boards(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def _cmd_boards(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     from mica.calibration.profiles import list_profiles, load_profile
 
     if args.name:
@@ -207,7 +208,8 @@ def _summary(chans: list[int], health: Any, gains: Any, order: Any, mic_of_chann
     return lines
 
 
-def _cmd_calibrate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def _cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     from mica.array_dsp.geometry import load_geometry_json
     from mica.calibration.calfile import save_calibration
     from mica.calibration.profiles import load_profile
