@@ -1,9 +1,10 @@
 """Objective quality metrics.
 
 ``si_sdr_db`` is numpy only. ``pesq_wb`` (``pesq``), ``stoi_score`` (``pystoi``),
-``dnsmos`` (``speechmos``), ``wer`` (``pocketsphinx``) and the wake-word scorers (in
-:mod:`mica.evaluation.wakeword`) need the ``.[eval]`` extra; they import it lazily so
-``si_sdr_db`` works without it.
+``dnsmos`` (``speechmos`` on ``onnxruntime``), ``transcribe``/``word_error_rate``
+(``pocketsphinx`` with its bundled en-us model) and ``wake_word_detected``
+(``pymicro-wakeword``, ``pyopen-wakeword``, models in their wheels) need the ``.[eval]``
+extra; they import it lazily so ``si_sdr_db`` works without it. Nothing is downloaded.
 
 Every function takes 1-D float signals at ``fs_hz`` (16 kHz unless said otherwise).
 
@@ -98,3 +99,127 @@ def stoi_score(
     from pystoi import stoi
 
     return float(stoi(ref, est, int(fs_hz), extended=extended))
+
+
+def dnsmos(estimate: np.ndarray, fs_hz: int = 16000) -> dict[str, float]:
+    """Non-intrusive DNSMOS P.835 (``sig``, ``bak``, ``ovrl``) and P.808 (``p808``) MOS of a
+    ``(n,)`` signal (Reddy et al. 2022), from ``speechmos``'s bundled ONNX models. Clips
+    shorter than 9 s are looped to 9 s by the model. The signal is peak-limited to [-1, 1]."""
+    if fs_hz != 16000:
+        raise ValueError(f"dnsmos: fs_hz must be 16000, got {fs_hz}")
+    from speechmos import dnsmos as _dnsmos
+
+    x = np.asarray(estimate, dtype=np.float32)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak > 1.0:
+        x = x / peak
+    res = _dnsmos.run(x, sr=16000)
+    return {"sig": float(res["sig_mos"]), "bak": float(res["bak_mos"]),
+            "ovrl": float(res["ovrl_mos"]), "p808": float(res["p808_mos"])}
+
+
+_DECODER = None
+
+
+def transcribe(signal: np.ndarray, fs_hz: int = 16000, dither: float = 1e-3,
+               seed: int = 0) -> str:
+    """Recognise ``signal`` with pocketsphinx (bundled en-us acoustic model, LM and
+    dictionary). Normalised to -3 dBFS peak with ``dither`` (relative to full scale) of
+    seeded white noise added, because exact digital silence derails its feature
+    normalisation. Returns the lower-case hypothesis."""
+    if fs_hz != 16000:
+        raise ValueError(f"transcribe: fs_hz must be 16000, got {fs_hz}")
+    global _DECODER
+    if _DECODER is None:
+        from pocketsphinx import Decoder
+
+        _DECODER = Decoder(samprate=16000, loglevel="FATAL")
+    x = np.asarray(signal, dtype=np.float64)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak > 0:
+        x = 0.7 * x / peak
+    x = x + dither * np.random.default_rng(seed).standard_normal(x.shape[0])
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    _DECODER.start_utt()
+    _DECODER.process_raw(pcm, full_utt=True)
+    _DECODER.end_utt()
+    hyp = _DECODER.hyp()
+    return normalise_text(hyp.hypstr) if hyp is not None else ""
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, apostrophes kept, other punctuation to spaces, runs of spaces merged."""
+    out = "".join(c if c.isalnum() or c == "'" else " " for c in text.lower())
+    return " ".join(out.split())
+
+
+def word_error_rate(hypothesis: str, reference: str) -> float:
+    """(substitutions + deletions + insertions) / reference words, after
+    :func:`normalise_text` (Levenshtein on words). Can exceed 1. Raises ``ValueError`` for an
+    empty reference."""
+    hyp = normalise_text(hypothesis).split()
+    ref = normalise_text(reference).split()
+    if not ref:
+        raise ValueError("word_error_rate: empty reference transcript")
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / len(ref)
+
+
+WAKE_ENGINES = ("microwakeword", "openwakeword")
+"""Wake-word engines :func:`wake_word_detected` runs (real downstream consumers)."""
+
+OPENWAKEWORD_THRESHOLD = 0.5
+
+
+def wake_word_detected(signal: np.ndarray, wake_word: str, engine: str,
+                       fs_hz: int = 16000) -> bool:
+    """Whether ``engine`` (``"microwakeword"`` or ``"openwakeword"``) fires on ``wake_word``
+    (a built-in model name: ``hey_jarvis``, ``okay_nabu``, ``alexa``, ``hey_mycroft``)
+    anywhere in ``signal``. Streams 10 ms (micro) / 80 ms (open) int16 chunks, as a
+    satellite does; microWakeWord uses its model's own cutoff over its sliding window,
+    openWakeWord fires above 0.5. The signal is normalised to -6 dBFS peak first (the
+    engines expect a gain-controlled input)."""
+    if fs_hz != 16000:
+        raise ValueError(f"wake_word_detected: fs_hz must be 16000, got {fs_hz}")
+    x = np.asarray(signal, dtype=np.float64)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak > 0:
+        x = 0.5 * x / peak
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    if engine == "microwakeword":
+        from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
+
+        det = MicroWakeWord.from_builtin(Model(wake_word))
+        feats = MicroWakeWordFeatures()
+        chunk = 160
+        try:
+            for i in range(0, pcm.shape[0] - chunk + 1, chunk):
+                for f in feats.process_streaming(pcm[i:i + chunk].tobytes()):
+                    if det.process_streaming(f):
+                        return True
+        finally:
+            det.close()
+        return False
+    if engine == "openwakeword":
+        from pyopen_wakeword import Model as OModel
+        from pyopen_wakeword import OpenWakeWord, OpenWakeWordFeatures
+
+        det = OpenWakeWord.from_builtin(OModel(wake_word))
+        feats = OpenWakeWordFeatures.from_builtin()
+        chunk = 1280
+        try:
+            for i in range(0, pcm.shape[0] - chunk + 1, chunk):
+                for emb in feats.process_streaming(pcm[i:i + chunk].tobytes()):
+                    for prob in det.process_streaming(emb):
+                        if prob > OPENWAKEWORD_THRESHOLD:
+                            return True
+        finally:
+            det.close()
+            feats.close()
+        return False
+    raise ValueError(f"wake_word_detected: unknown engine {engine!r}, expected {WAKE_ENGINES}")

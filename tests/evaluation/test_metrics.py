@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,49 @@ def test_pesq_stoi_reject_mismatched_lengths() -> None:
         pesq_wb(np.zeros(100), np.zeros(101))
     with pytest.raises(ValueError):
         stoi_score(np.zeros(100), np.zeros(101))
+
+
+def test_si_sdr_of_independent_noise_is_very_low() -> None:
+    ref = reference()
+    noise = np.random.default_rng(42).standard_normal(ref.size)
+    assert si_sdr_db(noise, ref) < -15.0
+
+
+def test_word_error_rate_counts_edits() -> None:
+    from mica.evaluation.metrics import word_error_rate
+
+    assert word_error_rate("Hello, world!", "hello world") == 0.0
+    assert word_error_rate("hello there world", "hello world") == pytest.approx(0.5)
+    assert word_error_rate("", "a b c d") == 1.0
+    with pytest.raises(ValueError):
+        word_error_rate("x", "")
+
+
+def test_pocketsphinx_transcribes_clean_corpus_speech(corpus_dir: Path) -> None:
+    from mica.evaluation.metrics import transcribe, word_error_rate
+    from mica.evaluation.scenarios import read_mono_16k
+
+    x = read_mono_16k(corpus_dir / "speech" / "arctic_aew_a0001.wav")
+    text = (corpus_dir / "speech" / "arctic_aew_a0001.txt").read_text()
+    assert word_error_rate(transcribe(x), text) < 0.5
+
+
+def test_dnsmos_prefers_clean_speech(corpus_dir: Path) -> None:
+    from mica.evaluation.metrics import dnsmos
+    from mica.evaluation.scenarios import read_mono_16k
+
+    x = read_mono_16k(corpus_dir / "speech" / "arctic_aew_a0001.wav")
+    noisy = x + 0.1 * np.random.default_rng(0).standard_normal(x.size).astype(np.float32)
+    assert dnsmos(x)["ovrl"] > dnsmos(noisy)["ovrl"] + 0.5
+
+
+def test_wake_word_engines_fire_on_the_phrase_only() -> None:
+    from mica.evaluation.metrics import WAKE_ENGINES, wake_word_detected
+    from mica.evaluation.scenarios import synthesize
+
+    pad = np.zeros(16000, np.float32)
+    phrase = np.concatenate([pad, synthesize("okay nabu", "en-us", 160), pad])
+    other = np.concatenate([pad, synthesize("the weather is nice today", "en-us", 160), pad])
+    for engine in WAKE_ENGINES:
+        assert wake_word_detected(phrase, "okay_nabu", engine), engine
+        assert not wake_word_detected(other, "okay_nabu", engine), engine
