@@ -106,12 +106,16 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
             args.beamformer = dsp.beamformer
         if steer is None and dsp.steer != "fixed":
             steer = dsp.steer
+        if args.denoiser is None:
+            args.denoiser = dsp.denoiser
     args.beamformer = args.beamformer or "das"
+    args.denoiser = args.denoiser or "off"
     summary = enhance_file(args.input, args.output, args.array,
                            steer_azimuth_deg=args.steer_azimuth,
                            steer_elevation_deg=args.steer_elevation,
                            beamformer=args.beamformer, steer=steer, zones=zones,
-                           report_path=args.report)
+                           report_path=args.report,
+                           denoiser=args.denoiser)
     print(f"wrote {args.output}: {summary}")
     return 0
 
@@ -159,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="look direction, degrees CCW from +x (default 0)")
     enh.add_argument("--steer-elevation", type=float, default=0.0, metavar="DEG",
                      help="look direction elevation in degrees (default 0)")
+    enh.add_argument("--denoiser", choices=["off", "mmse", "model"], default=None,
+                     help="post-filter on the beam output: off, mmse (statistical) or "
+                     "model (the learned denoiser); default: dsp.denoiser of --config, "
+                     "else off")
     enh.add_argument("--beamformer", choices=["das", "superdirective", "mvdr"], default=None,
                      help="das (delay-and-sum, default), superdirective or mvdr (online, "
                      "adaptive)")

@@ -149,6 +149,13 @@ class DspConfig:
     """Look direction elevation in degrees above the geometry's x-y plane."""
     sound_speed_m_s: float = _opt(343.0, "speed of sound (m/s)", min=300.0, max=370.0)
     """Speed of sound in m/s."""
+    denoiser: str = _opt("off", "post-filter on the beam output: off, mmse or model",
+                         choices=("off", "mmse", "model"))
+    """Denoiser after the beamformer: ``mmse`` (statistical MMSE-LSA, cheap), ``model`` (the
+    learned GRU denoiser) or ``off``."""
+    denoiser_bundle: str = _opt("", "weights bundle (.npz + .json card) for denoiser = model "
+                                "(empty: the one shipped with mica)", path=True)
+    """Weights bundle of the learned denoiser; empty means ``mica.models``' own."""
 
     beamformer: str = _opt("das", "beamformer: das, superdirective or mvdr",
                            choices=BEAMFORMERS)

@@ -57,6 +57,7 @@ from mica.device.spool import Spool
 from mica.device.stage_stats import StageStats
 from mica.device.sysfs import BoardSampler
 from mica.device.telemetry import ChannelLevels, ProcessSampler, telemetry_payload
+from mica.models.postfilter import make_postfilter
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,10 @@ class Service:
         self.enhancer = Enhancer(self.geometry.positions_m, fs_hz=cfg.dsp.fs_hz,
                                  hop_samples=cfg.dsp.hop_samples,
                                  **enhancer_options(cfg.dsp),
-                                 sound_speed_m_s=cfg.dsp.sound_speed_m_s)
+                                 sound_speed_m_s=cfg.dsp.sound_speed_m_s,
+                                 postfilter=make_postfilter(
+                                     cfg.dsp.denoiser, cfg.dsp.hop_samples + 1,
+                                     cfg.dsp.denoiser_bundle or None))
         self.doa_azimuth_deg: float | None = None
         self._speech_active = False
         self._speech_start_ns: int | None = None
@@ -254,6 +258,8 @@ class Service:
             "geometry_m": self.geometry.positions_m.round(5).tolist(),
             "fs_hz": cfg.dsp.fs_hz,
             "hop_samples": cfg.dsp.hop_samples,
+            "denoiser": {"kind": cfg.dsp.denoiser,
+                         "version": getattr(self.enhancer.postfilter, "version", None)},
             "latency_seconds": self.latency_s,
             "stream_delay_samples": self.enhancer.latency_samples,
             "steer_azimuth_deg": self.enhancer.steer_azimuth_deg,

@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from mica.array_dsp.errors import ConfigError
 from mica.array_dsp.stft import StreamingIstft, StreamingStft
 
 DENOISERS: tuple[str, ...] = ("off", "mmse", "model")
@@ -42,6 +43,7 @@ def make_postfilter(kind: str, n_bins: int, bundle: str | None = None) -> Spectr
     """The post-filter for ``kind`` (one of :data:`DENOISERS`), or ``None`` for ``off``.
 
     ``bundle``: weights bundle path for ``model`` (default: the one shipped in the package).
+    Raises :class:`ConfigError` for an unknown kind.
     """
     if kind == "off":
         return None
@@ -53,7 +55,7 @@ def make_postfilter(kind: str, n_bins: int, bundle: str | None = None) -> Spectr
         from mica.models.gru import GruDenoiser, load_bundle
 
         return GruDenoiser(load_bundle(bundle), n_bins)
-    raise ValueError(f"denoiser must be one of {list(DENOISERS)}, got {kind!r}")
+    raise ConfigError([f"denoiser: must be one of {list(DENOISERS)}, got {kind!r}"])
 
 
 def denoise_signal(signal: np.ndarray, postfilter: SpectralPostfilter | None,

@@ -1,0 +1,89 @@
+"""ERB-band features and band-to-bin gain interpolation shared by training and inference.
+
+Bands: ``n_bands`` triangular filters whose centres are equally spaced on the ERB-rate
+scale (Glasberg & Moore 1990, ``E(f) = 21.4 log10(1 + 0.00437 f)``) from 0 Hz to Nyquist,
+rounded to whole bins and at least one bin apart. Adjacent triangles overlap so that the
+weights of every bin sum to 1 (``W.sum(0) == 1``): band energies are ``W @ |Y|^2`` and a
+per-bin gain is ``W.T @ g`` (linear interpolation between band centres, as in RNNoise).
+
+Features per frame and stream (e.g. the beam output, optionally a noise reference):
+``l_b = ln(E_b + EPS)``, then ``[ (l_b - mu_b) / 4, (l_b + 10) / 5 ]`` with ``mu_b`` a running
+mean ``mu <- a mu + (1 - a) l`` (``a = NORM_ALPHA``, about 1 s), started at the first frame's
+value. The first half is level-independent (what stands out of the long-term spectrum),
+the second tells the absolute level.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EPS = 1e-9
+NORM_ALPHA = 0.99
+FEATS_PER_BAND = 2
+
+
+def erb_rate(f_hz: np.ndarray | float) -> np.ndarray | float:
+    return 21.4 * np.log10(1.0 + 0.00437 * np.asarray(f_hz))
+
+
+def band_centres(n_bins: int, fs_hz: float, n_bands: int) -> np.ndarray:
+    """``(n_bands,)`` int bin indices of the band centres (0 first, ``n_bins - 1`` last)."""
+    nyq = fs_hz / 2.0
+    e = np.linspace(0.0, float(erb_rate(nyq)), n_bands)
+    f = (10.0 ** (e / 21.4) - 1.0) / 0.00437
+    bins = f / nyq * (n_bins - 1)
+    centres = [0]
+    for i in range(1, n_bands):
+        remaining = n_bands - 1 - i
+        c = max(int(round(bins[i])), centres[-1] + 1)
+        centres.append(min(c, n_bins - 1 - remaining))
+    centres[-1] = n_bins - 1
+    return np.asarray(centres, np.int64)
+
+
+def erb_weights(n_bins: int = 161, fs_hz: float = 16000.0, n_bands: int = 32) -> np.ndarray:
+    """``(n_bands, n_bins)`` float32 triangular weights; columns sum to 1."""
+    c = band_centres(n_bins, fs_hz, n_bands)
+    w = np.zeros((n_bands, n_bins), np.float64)
+    for b in range(n_bands):
+        w[b, c[b]] = 1.0
+        if b > 0:
+            lo = c[b - 1]
+            for k in range(lo + 1, c[b]):
+                w[b, k] = (k - lo) / (c[b] - lo)
+        if b < n_bands - 1:
+            hi = c[b + 1]
+            for k in range(c[b] + 1, hi):
+                w[b, k] = (hi - k) / (hi - c[b])
+    return w.astype(np.float32)
+
+
+def features_reference(spectra: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Whole-signal features: spectra ``(n_streams, n_frames, n_bins)`` complex ->
+    ``(n_frames, n_streams * n_bands * 2)`` float32 (stream-major, then the normalised
+    block, then the absolute block)."""
+    import scipy.signal
+
+    n_streams, n_frames, _ = spectra.shape
+    power = np.abs(spectra.astype(np.complex128)) ** 2
+    energies = power @ weights.astype(np.float64).T  # (n_streams, n_frames, n_bands)
+    logs = np.log(energies + EPS)
+    a = NORM_ALPHA
+    out = []
+    for s in range(n_streams):
+        lg = logs[s]
+        mu, _ = scipy.signal.lfilter([1.0 - a], [1.0, -a], lg, axis=0, zi=a * lg[:1])
+        out.append((lg - mu) / 4.0)
+        out.append((lg + 10.0) / 5.0)
+    return np.concatenate(out, axis=1).astype(np.float32)
+
+
+def macs_per_frame_features(n_bins: int, n_bands: int, n_streams: int) -> int:
+    """Multiply-accumulates per frame of feature extraction and gain interpolation."""
+    return n_streams * (2 * n_bins + 2 * n_bins) + 2 * n_bins + 0 * n_bands
+
+
+def db_to_gain(db: float) -> float:
+    return math.pow(10.0, db / 20.0)

@@ -1,0 +1,336 @@
+"""The learned denoiser: ERB-band gains from two GRUs, Numba inference from a weights bundle.
+
+Per 10 ms frame (RNNoise-like, Valin 2018): log ERB-band energies of each input stream (the
+beam output; optionally a noise reference) with running-mean normalisation
+(:mod:`mica.models.features`) -> ``Linear + tanh`` -> ``GRU`` -> ``GRU`` -> ``Linear(h1 ++ h2)
++ sigmoid`` = one gain per band -> interpolated to bins -> floored -> applied to the beam
+spectrum. Causal, no look-ahead: it adds no latency to the STFT chain.
+
+The bundle is ``<name>.npz`` (float32 arrays, names as :meth:`BandGainNet.to_arrays` in the
+training recipe) plus ``<name>.json``, the model card: ``version``, ``n_params``,
+``macs_per_frame``, ``macs_per_s``, ``n_streams``, ``n_bands``, ``n_bins``, ``fs_hz``,
+``hop_samples``, ``gain_floor_db``, ``training`` (data, command, steps) and ``metrics``.
+The shipped bundle is ``models/data/denoiser-v1`` (package data).
+
+:class:`GruDenoiser` runs one Numba kernel per frame into buffers allocated in its
+constructor (``nogil``; nothing is allocated per frame).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mica.array_dsp.errors import MicaError
+from mica.array_dsp.jit import kernel
+from mica.array_dsp.validate import check_array
+from mica.models.features import EPS, NORM_ALPHA, features_reference
+
+DEFAULT_BUNDLE = "denoiser-v1"
+WEIGHT_NAMES = ("dense_w", "dense_b", "gru1_wi", "gru1_wh", "gru1_bi", "gru1_bh",
+                "gru2_wi", "gru2_wh", "gru2_bi", "gru2_bh", "out_w", "out_b", "erb_w")
+
+
+class BundleError(MicaError):
+    """A weights bundle is missing, malformed or does not fit the chain."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded weights bundle: float32 arrays and the model card."""
+
+    arrays: dict[str, np.ndarray]
+    card: dict[str, Any]
+    path: str
+
+    @property
+    def version(self) -> str:
+        return str(self.card["version"])
+
+    @property
+    def n_streams(self) -> int:
+        return int(self.card["n_streams"])
+
+
+def default_bundle_path() -> Path:
+    return Path(str(resources.files("mica.models") / "data" / f"{DEFAULT_BUNDLE}.npz"))
+
+
+def load_bundle(path: str | Path | None = None) -> Bundle:
+    """Load ``path`` (``.npz``; the card is the same stem ``.json``); default: shipped one.
+
+    Raises :class:`BundleError` naming the file for a missing file, missing arrays or card
+    keys, or shapes that do not agree with each other.
+    """
+    npz = Path(path) if path is not None else default_bundle_path()
+    card_path = npz.with_suffix(".json")
+    if not npz.is_file() or not card_path.is_file():
+        raise BundleError(f"{npz}: weights bundle not found (needs {npz.name} and "
+                          f"{card_path.name})")
+    try:
+        with np.load(npz) as z:
+            arrays = {k: np.ascontiguousarray(z[k], np.float32) for k in z.files}
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{npz}: cannot read weights bundle: {err}") from err
+    missing = [k for k in WEIGHT_NAMES if k not in arrays]
+    missing += [k for k in ("version", "n_streams", "n_bands", "n_bins", "gain_floor_db")
+                if k not in card]
+    if missing:
+        raise BundleError(f"{npz}: bundle lacks {missing}")
+    a = arrays
+    n_bands, n_bins = a["erb_w"].shape
+    hidden = a["gru1_wh"].shape[1]
+    n_in = 2 * n_bands * int(card["n_streams"])
+    want = {"dense_w": (a["dense_w"].shape[0], n_in), "gru1_wh": (3 * hidden, hidden),
+            "gru2_wi": (3 * hidden, hidden), "gru2_wh": (3 * hidden, hidden),
+            "out_w": (n_bands, 2 * hidden)}
+    bad = [f"{k} {a[k].shape} != {v}" for k, v in want.items() if a[k].shape != v]
+    if bad or n_bins != int(card["n_bins"]) or n_bands != int(card["n_bands"]):
+        raise BundleError(f"{npz}: inconsistent bundle: {bad or 'n_bins/n_bands vs card'}")
+    return Bundle(arrays=arrays, card=card, path=str(npz))
+
+
+def count_params(arrays: dict[str, np.ndarray]) -> int:
+    """Learned parameters (the ERB weights are fixed, not counted)."""
+    return int(sum(v.size for k, v in arrays.items() if k != "erb_w"))
+
+
+def count_macs_per_frame(arrays: dict[str, np.ndarray], n_streams: int) -> int:
+    """Multiply-accumulates per frame, as the kernel does them (features, net, gains)."""
+    w = arrays["erb_w"]
+    nz = int(np.count_nonzero(w))
+    n_dense, n_in = arrays["dense_w"].shape
+    h = arrays["gru1_wh"].shape[1]
+    net = n_dense * n_in + 3 * h * (n_dense + h) + 3 * h * 2 * h + w.shape[0] * 2 * h
+    return int(n_streams * (2 * w.shape[1] + nz) + net + nz + w.shape[1])
+
+
+# --- kernel --------------------------------------------------------------------------------
+
+
+@kernel
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@kernel
+def _matvec_t(w_t: np.ndarray, x: np.ndarray, bias: np.ndarray, y: np.ndarray) -> None:
+    """``y = w_t.T @ x + bias`` with ``w_t (n_in, n_out)``: the inner loop runs over
+    independent outputs, so it vectorises without reassociating any sum."""
+    n_out = y.shape[0]
+    for j in range(n_out):
+        y[j] = bias[j]
+    for i in range(x.shape[0]):
+        xi = x[i]
+        for j in range(n_out):
+            y[j] += w_t[i, j] * xi
+
+
+@kernel
+def _gru_step(x: np.ndarray, h: np.ndarray, wi_t: np.ndarray, wh_t: np.ndarray,
+              bi: np.ndarray, bh: np.ndarray, gi: np.ndarray, gh: np.ndarray) -> None:
+    """torch ``nn.GRU`` cell, gates ``r, z, n`` (weights transposed); ``h`` in place."""
+    nh = h.shape[0]
+    _matvec_t(wi_t, x, bi, gi)
+    _matvec_t(wh_t, h, bh, gh)
+    for j in range(nh):
+        r = _sigmoid(gi[j] + gh[j])
+        z = _sigmoid(gi[nh + j] + gh[nh + j])
+        n = math.tanh(gi[2 * nh + j] + r * gh[2 * nh + j])
+        h[j] = np.float32((1.0 - z) * n + z * h[j])
+
+
+@kernel
+def gru_denoiser_kernel(
+    spec: np.ndarray, erb_w: np.ndarray, band_lo: np.ndarray, band_hi: np.ndarray,
+    dense_w: np.ndarray, dense_b: np.ndarray,
+    gru1_wi: np.ndarray, gru1_wh: np.ndarray, gru1_bi: np.ndarray, gru1_bh: np.ndarray,
+    gru2_wi: np.ndarray, gru2_wh: np.ndarray, gru2_bi: np.ndarray, gru2_bh: np.ndarray,
+    out_w: np.ndarray, out_b: np.ndarray, norm_alpha: float, gain_floor: float,
+    mu: np.ndarray, started: np.ndarray, h1: np.ndarray, h2: np.ndarray,
+    feat: np.ndarray, dense: np.ndarray, gi: np.ndarray, gh: np.ndarray, hcat: np.ndarray,
+    band_gain: np.ndarray, bin_gain: np.ndarray, out: np.ndarray,
+) -> None:
+    """One frame: ``spec (n_streams, n_bins)`` complex64 -> ``out (n_bins,)`` = gain * stream 0.
+
+    Every weight matrix is passed transposed (``(n_in, n_out)``, see :func:`_matvec_t`).
+
+    State: ``mu (n_streams, n_bands)``, ``started (1,)`` int64, ``h1, h2 (H,)``; scratch:
+    ``feat (n_in,)``, ``dense (n_dense,)``, ``gi, gh (3H,)``, ``hcat (2H,)``; outputs
+    ``band_gain (n_bands,)``, ``bin_gain (n_bins,)`` (unfloored: the speech mask), ``out``.
+    """
+    n_streams, n_bins = spec.shape
+    n_bands = erb_w.shape[0]
+    first = started[0] == 0
+    for s in range(n_streams):
+        for b in range(n_bands):
+            e = 0.0
+            for k in range(band_lo[b], band_hi[b]):
+                v = spec[s, k]
+                e += erb_w[b, k] * (float(v.real) * float(v.real) + float(v.imag) * float(v.imag))
+            lg = math.log(e + EPS)
+            m = lg if first else norm_alpha * mu[s, b] + (1.0 - norm_alpha) * lg
+            mu[s, b] = np.float32(m)
+            feat[s * 2 * n_bands + b] = np.float32((lg - m) / 4.0)
+            feat[s * 2 * n_bands + n_bands + b] = np.float32((lg + 10.0) / 5.0)
+    started[0] = 1
+    _matvec_t(dense_w, feat, dense_b, dense)
+    for j in range(dense.shape[0]):
+        dense[j] = np.float32(math.tanh(dense[j]))
+    _gru_step(dense, h1, gru1_wi, gru1_wh, gru1_bi, gru1_bh, gi, gh)
+    _gru_step(h1, h2, gru2_wi, gru2_wh, gru2_bi, gru2_bh, gi, gh)
+    nh = h1.shape[0]
+    for j in range(nh):
+        hcat[j] = h1[j]
+        hcat[nh + j] = h2[j]
+    _matvec_t(out_w, hcat, out_b, band_gain)
+    for b in range(n_bands):
+        band_gain[b] = np.float32(_sigmoid(band_gain[b]))
+    for k in range(n_bins):
+        bin_gain[k] = 0.0
+    for b in range(n_bands):
+        for k in range(band_lo[b], band_hi[b]):
+            bin_gain[k] += erb_w[b, k] * band_gain[b]
+    for k in range(n_bins):
+        g = max(bin_gain[k], gain_floor)
+        out[k] = spec[0, k] * np.float32(g)
+
+
+# --- numpy reference ---------------------------------------------------------------------
+
+
+def _np_sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def net_reference(feats: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
+    """Band gains ``(n_frames, n_bands)`` from features ``(n_frames, n_in)`` (float64)."""
+    d = np.tanh(feats.astype(np.float64) @ a["dense_w"].T + a["dense_b"])
+
+    def gru(x: np.ndarray, wi: str, wh: str, bi: str, bh: str) -> np.ndarray:
+        nh = a[wh].shape[1]
+        h = np.zeros(nh)
+        hs = np.empty((x.shape[0], nh))
+        gi_all = x @ a[wi].T + a[bi]
+        for t in range(x.shape[0]):
+            gi, gh = gi_all[t], a[wh] @ h + a[bh]
+            r = _np_sigmoid(gi[:nh] + gh[:nh])
+            z = _np_sigmoid(gi[nh:2 * nh] + gh[nh:2 * nh])
+            n = np.tanh(gi[2 * nh:] + r * gh[2 * nh:])
+            h = (1 - z) * n + z * h
+            hs[t] = h
+        return hs
+
+    h1 = gru(d, "gru1_wi", "gru1_wh", "gru1_bi", "gru1_bh")
+    h2 = gru(h1, "gru2_wi", "gru2_wh", "gru2_bi", "gru2_bh")
+    return _np_sigmoid(np.concatenate([h1, h2], 1) @ a["out_w"].T + a["out_b"])
+
+
+def gru_reference(spectra: np.ndarray, bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-signal reference of :class:`GruDenoiser`.
+
+    spectra: ``(n_streams, n_frames, n_bins)`` complex; returns ``(out (n_frames, n_bins)
+    complex64, band gains (n_frames, n_bands) float32)``.
+    """
+    a = bundle.arrays
+    band = net_reference(features_reference(spectra, a["erb_w"]), a)
+    floor = 10.0 ** (float(bundle.card["gain_floor_db"]) / 20.0)
+    g = np.maximum(band @ a["erb_w"].astype(np.float64), floor)
+    return (spectra[0] * g).astype(np.complex64), band.astype(np.float32)
+
+
+# --- streaming stage -----------------------------------------------------------------------
+
+
+class GruDenoiser:
+    """Streaming learned post-filter: ``process(spec[, noise_ref]) -> spec``, ``(n_bins,)``.
+
+    Args:
+        bundle: a :class:`Bundle` (see :func:`load_bundle`).
+        n_bins: bins per frame of the chain; must equal the bundle's.
+        gain_floor_db: overrides the card's gain floor.
+    """
+
+    name = "model"
+
+    def __init__(self, bundle: Bundle, n_bins: int, gain_floor_db: float | None = None) -> None:
+        card = bundle.card
+        if int(card["n_bins"]) != n_bins:
+            raise BundleError(f"{bundle.path}: model expects {card['n_bins']} bins per frame "
+                              f"(hop {card.get('hop_samples')}), the chain has {n_bins}")
+        self.bundle = bundle
+        self.version = bundle.version
+        self.n_bins = n_bins
+        self.n_streams = bundle.n_streams
+        a = bundle.arrays
+        self._w = tuple(np.ascontiguousarray(a[k].T) if a[k].ndim == 2 else a[k]
+                        for k in WEIGHT_NAMES[:-1])
+        erb = a["erb_w"]
+        nz = erb != 0
+        self._erb = erb
+        self._lo = np.array([int(np.argmax(r)) for r in nz], np.int64)
+        self._hi = np.array([len(r) - int(np.argmax(r[::-1])) for r in nz], np.int64)
+        floor_db = float(card["gain_floor_db"] if gain_floor_db is None else gain_floor_db)
+        self._floor = 10.0 ** (floor_db / 20.0)
+        n_bands = erb.shape[0]
+        hidden = a["gru1_wh"].shape[1]
+        self._in = np.zeros((self.n_streams, n_bins), np.complex64)
+        self._mu = np.zeros((self.n_streams, n_bands), np.float32)
+        self._started = np.zeros(1, np.int64)
+        self._h1 = np.zeros(hidden, np.float32)
+        self._h2 = np.zeros(hidden, np.float32)
+        self._feat = np.zeros(a["dense_w"].shape[1], np.float32)
+        self._dense = np.zeros(a["dense_w"].shape[0], np.float32)
+        self._gi = np.zeros(3 * hidden, np.float32)
+        self._gh = np.zeros(3 * hidden, np.float32)
+        self._hcat = np.zeros(2 * hidden, np.float32)
+        self.band_gain = np.zeros(n_bands, np.float32)
+        self.speech_mask = np.zeros(n_bins, np.float32)
+        """Unfloored per-bin gain of the last frame, in [0, 1] (the speech mask)."""
+        self._out = np.zeros(n_bins, np.complex64)
+
+    @property
+    def latency_samples(self) -> int:
+        """Extra algorithmic latency of this stage (none: causal, no look-ahead)."""
+        return 0
+
+    @property
+    def n_params(self) -> int:
+        return count_params(self.bundle.arrays)
+
+    def process(self, spec: np.ndarray, noise_ref: np.ndarray | None = None) -> np.ndarray:
+        """Denoise one ``(n_bins,)`` complex64 frame (``noise_ref``: the second stream of an
+        array-input model); returns this object's buffer."""
+        spec = check_array(spec, "spec", (self.n_bins,), np.complex64)
+        self._in[0] = spec
+        if self.n_streams > 1:
+            if noise_ref is None:
+                raise BundleError(f"{self.bundle.path}: array-input model needs noise_ref")
+            self._in[1] = check_array(noise_ref, "noise_ref", (self.n_bins,), np.complex64)
+        gru_denoiser_kernel(self._in, self._erb, self._lo, self._hi, *self._w, NORM_ALPHA,
+                            self._floor, self._mu, self._started, self._h1, self._h2,
+                            self._feat, self._dense, self._gi, self._gh, self._hcat,
+                            self.band_gain, self.speech_mask, self._out)
+        return self._out
+
+    def reset(self) -> None:
+        """Back to the state before the first frame."""
+        for arr in (self._mu, self._h1, self._h2, self.band_gain, self.speech_mask):
+            arr.fill(0.0)
+        self._started.fill(0)
+
+    def warmup(self) -> None:
+        """Compile (or load) the kernel, then reset."""
+        self.process(np.full(self.n_bins, 1e-3, np.complex64),
+                     np.full(self.n_bins, 1e-3, np.complex64) if self.n_streams > 1 else None)
+        self.reset()
