@@ -118,6 +118,8 @@ def _validate(name: str, args: dict) -> dict[str, Any]:
     if name == "quality":
         _only(args, ("level",))
         level = args.get("level")
+        if isinstance(level, float) and level.is_integer():
+            level = int(level)  # JSON has one number type: 1.0 is the integer 1
         if isinstance(level, int) and not isinstance(level, bool) and 0 <= level < 64:
             return {"level": level}
         return {"level": _string(args, "level")}
