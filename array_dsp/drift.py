@@ -4,44 +4,53 @@ One :class:`DriftCompensator` per non-reference capture device. It resamples the
 onto the reference clock (:class:`~mica.array_dsp.resample.StreamingResampler`) and, about
 once per second, measures how well the resampled device lines up with the reference:
 
-1. **Acquisition** (initial offset). GCC-PHAT (Knapp & Carter 1976) between one reference
-   channel and one channel of the device over a 2 s segment, searched over
+1. **Acquisition** (integer/initial offset only). GCC-PHAT (Knapp & Carter 1976) between
+   one reference channel and one channel of the device over one segment, searched over
    ``+-max_offset_s``; the read position jumps by the lag found. A weak or ambiguous peak
    (silence) is retried on the next segment.
-2. **Tracking** (sampling-rate offset). Each segment (``update_s``, 1 s) gives a Welch
-   cross-power spectrum ``Phi(k)`` of the two channels (1024-point frames, 50 % overlap).
-   Its phase, weighted by the magnitude-squared coherence and PHAT-normalised, gives the
-   residual sub-sample delay ``delta`` of the device against the reference: the maximum of
-   the weighted coherent sum ``sum_k w_k Re(Phi_k / |Phi_k| exp(-j w_k d))`` over ``d``.
-   This is the phase-of-coherence idea of weighted average coherence drift (WACD/DWACD:
-   Gburrek, Schmalenstroeer & Haeb-Umbach 2022, "On synchronization of wireless acoustic
-   sensor networks in the presence of time-varying sampling rate offsets and speaker
-   changes"), applied closed-loop: because the device is already resampled with the
-   current estimate, the residual delay stays within a few samples and its phase never
-   wraps, so it needs no coarse search.
-3. Every measurement places one point ``(k, p(k) + delta)``: the device's sample index that
-   lines up with reference sample ``k``. The read position ``p`` is exact (fixed point), so
-   these points are absolute, and errors do not accumulate. A weighted least-squares line
-   through them (exponential forgetting, ``memory_s``) has slope ``1 + drift_ppm * 1e-6``;
-   a prior on the slope (the ALSA-reported rates) regularises the first seconds. The
-   resampler's step is then set to the slope plus a bounded slew that moves the read
-   position onto the line (no jumps, so no clicks), keeping the device aligned, not just at
-   the right rate.
+2. **Drift** (sampling-rate offset) from the *coherence drift*, never from an absolute
+   delay. Each segment (``update_s``, 1 s) is cut into groups of ``frames_per_group``
+   1024-point frames; each group gives a coherence ``G(w)`` whose phase is
+   ``w (T(k) - p(k) + tau_s)``: the device's true position ``T``, the exact read position
+   ``p`` and the inter-device delay ``tau_s`` of whichever source fills the bin. The
+   product ``G_2 conj(G_1)`` of the same group one, two, four, eight segments apart keeps
+   the clocks and cancels the source delays, as long as the sources stay where they are
+   (a talker and a louder point noise source in another direction may take turns: a bin
+   lit by the talker in both, or by the noise in both, says the same thing; mixed pairs
+   come in both orders and cancel in phase). The known ``p_2 - p_1`` is added back, so the
+   phase is ``w eps D`` with ``eps`` the absolute drift and ``D`` the distance. The
+   products (weights: the magnitude-squared coherences) are summed per distance with
+   forgetting (``memory_s``), each segment's contribution Huber-weighted by how far its own
+   estimate lies from the running one; ``eps D`` is the peak of their coherent sum over the
+   delay, the short distances finding it within ``+-max_drift_ppm`` and the long ones
+   refining it. This is weighted average coherence drift (WACD/DWACD: Gburrek,
+   Schmalenstroeer & Haeb-Umbach 2022), online and on decimated statistics; the prior
+   (the ALSA-reported rates) is combined by its variance.
+3. **Offset** (alignment). Every segment also gives the residual delay ``delta`` of the
+   aligned device (phase of the MSC-weighted cross-spectrum), an absolute point
+   ``(k, p(k) + delta)``. With the slope fixed by the drift estimate, the offset line's
+   intercept is the weighted median of those points (forgetting ``memory_s``), so the
+   source that dominates most of the time sets it and short switches do not move it. The
+   resampler's step is the drift plus a bounded slew that moves the read position onto the
+   line (no jumps, so no clicks), keeping the device aligned, not just at the right rate.
 
 Re-lock: measurements that disagree with the line by more than ``relock_samples`` several
 times in a row (a device reset, a restart of its stream) send the compensator back to
-acquisition, keeping the rate estimate as the prior. Slow changes (temperature) are
-followed by the forgetting.
+acquisition, keeping the drift estimate (segment pairs across the reset are dropped).
+Slow changes (temperature) are followed by the forgetting.
 
 The acoustic delay between the reference channel and the device's channel for the talker
 is part of every measured ``delta``; :attr:`DriftCompensator.expected_delay_samples` (from
 the geometry and look direction) is subtracted when aligning, so the beamformer sees the
-physical inter-device delays.
+physical inter-device delays. Known limit: when a point noise source dominates most
+segments, the median offset is that source's, not the talker's (a few samples; the drift
+is unaffected).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +119,76 @@ def coherent_sum_reference(weighted: np.ndarray, omega: np.ndarray,
     return np.real(np.exp(-1j * np.outer(lags, omega)) @ weighted)
 
 
+@kernel
+def group_coherence_kernel(spec_a: np.ndarray, spec_b: np.ndarray, bins: np.ndarray,
+                           frames_per_group: int, out: np.ndarray) -> None:
+    """MSC-weighted coherence of consecutive groups of frames.
+
+    spec_a, spec_b: ``(n_frames, n_all_bins)`` complex64; bins: ``(n_bins,)`` int64 bins
+    used; out: ``(n_groups, n_bins)`` complex128, ``out[g, i] = G |G|`` with ``G`` the
+    coherence ``sum_t A conj(B) / sqrt(sum_t |A|^2 sum_t |B|^2)`` over frames
+    ``g F .. g F + F - 1`` of bin ``bins[i]`` (0 where a channel is silent): magnitude the
+    magnitude-squared coherence, phase that of the cross-spectrum.
+    """
+    for g in range(out.shape[0]):
+        for i in range(bins.shape[0]):
+            k = bins[i]
+            acc = 0j
+            pa = 0.0
+            pb = 0.0
+            for t in range(g * frames_per_group, (g + 1) * frames_per_group):
+                a = complex(spec_a[t, k])
+                b = complex(spec_b[t, k])
+                acc += a * b.conjugate()
+                pa += a.real * a.real + a.imag * a.imag
+                pb += b.real * b.real + b.imag * b.imag
+            den = pa * pb
+            if den > 1e-30:
+                out[g, i] = acc * (abs(acc) / den)
+            else:
+                out[g, i] = 0j
+
+
+def group_coherence_reference(spec_a: np.ndarray, spec_b: np.ndarray, bins: np.ndarray,
+                              frames_per_group: int, n_groups: int) -> np.ndarray:
+    """Numpy reference of :func:`group_coherence_kernel`."""
+    f = frames_per_group
+    a = spec_a[: n_groups * f, bins].astype(np.complex128).reshape(n_groups, f, -1)
+    b = spec_b[: n_groups * f, bins].astype(np.complex128).reshape(n_groups, f, -1)
+    cross = (a * b.conj()).sum(axis=1)
+    den = (np.abs(a) ** 2).sum(axis=1) * (np.abs(b) ** 2).sum(axis=1)
+    out = np.zeros_like(cross)
+    ok = den > 1e-30
+    out[ok] = cross[ok] * np.abs(cross[ok]) / den[ok]
+    return out
+
+
+@kernel
+def coherence_drift_kernel(cur: np.ndarray, prev: np.ndarray, omega: np.ndarray,
+                           shift: np.ndarray, out: np.ndarray) -> None:
+    """Accumulate the coherence drift of group pairs:
+    ``out[i] += sum_g cur[g, i] conj(prev[g, i]) exp(j omega[i] shift[g])``.
+
+    cur, prev: ``(n_groups, n_bins)`` complex128 (:func:`group_coherence_kernel`, one
+    segment apart); omega: ``(n_bins,)`` rad/sample; shift: ``(n_groups,)`` float64
+    samples, the known change of the read position between the pair beyond the nominal
+    one (it is added back, so the phase is that of the clocks alone); out: ``(n_bins,)``
+    complex128.
+    """
+    for g in range(cur.shape[0]):
+        s = shift[g]
+        for i in range(cur.shape[1]):
+            ph = omega[i] * s
+            out[i] += cur[g, i] * prev[g, i].conjugate() * complex(math.cos(ph),
+                                                                   math.sin(ph))
+
+
+def coherence_drift_reference(cur: np.ndarray, prev: np.ndarray, omega: np.ndarray,
+                              shift: np.ndarray) -> np.ndarray:
+    """Numpy reference of :func:`coherence_drift_kernel` (from zero)."""
+    return (cur * prev.conj() * np.exp(1j * np.outer(shift, omega))).sum(axis=0)
+
+
 # --------------------------------------------------------------------------- estimators
 
 
@@ -159,40 +238,48 @@ class DriftSettings:
     update_s: float = 1.0
     """Segment length: one measurement and one update per segment."""
     acquire_s: float = 2.0
-    """Signal used for the initial GCC-PHAT offset search."""
+    """Accepted for compatibility; acquisition now uses one segment (``update_s``)."""
     max_offset_s: float = 0.25
     """Offset search range (+-) at acquisition, beyond the timestamp guess."""
     max_drift_ppm: float = 1000.0
-    """Largest drift acquisition believes (two offset peaks further apart: no lock yet)."""
+    """Largest drift looked for."""
     acquire_min_ratio: float = 2.0
     """GCC-PHAT peak over the next-best peak needed to accept an offset."""
     n_fft: int = 1024
-    """Frame of the Welch cross-spectrum (50 % overlap)."""
+    """Frame of the cross-spectra (50 % overlap)."""
+    frames_per_group: int = 5
+    """Frames per coherence estimate (5 frames of 1024: 0.19 s at 16 kHz)."""
+    drift_lags: tuple[int, ...] = (1, 2, 4, 8)
+    """Segment distances over which the coherence drift is measured (longer: finer)."""
+    huber_ppm: float = 4.0
+    """Per-segment drift measurements (at a distance of one segment; scaled by 1 / lag)
+    further than this from the estimate are down-weighted (Huber)."""
     band_hz: tuple[float, float] = (150.0, 6000.0)
-    """Bins used for the delay estimate."""
+    """Bins used for the delay and drift estimates."""
     min_quality: float = 0.05
     """Measurements with a weaker coherent sum (0..1) are skipped (silence, noise only)."""
     track_range_samples: float = 16.0
-    """Largest residual delay looked for while tracking."""
+    """Largest residual delay looked for while tracking the offset."""
     memory_s: float = 60.0
-    """Time constant of the exponential forgetting of the line fit."""
+    """Time constant of the exponential forgetting (drift and offset)."""
     max_points: int = 240
-    """Measurements kept for the fit."""
+    """Offset measurements kept."""
     prior_ppm: float = 0.0
     """Prior drift (e.g. from the ALSA frame rates)."""
     prior_sigma_ppm: float = 1000.0
     """Standard deviation of the prior (large: almost ignored)."""
     lock_stderr_ppm: float = 1.0
-    """Standard error of the slope below which the estimate counts as locked."""
+    """Standard error of the drift below which the estimate counts as locked."""
     min_points_lock: int = 5
-    """Measurements needed before locking."""
+    """Drift measurements needed before locking."""
     slew_ppm: float = 200.0
-    """Largest extra rate used to move the read position onto the fitted line (ten times
+    """Largest extra rate used to move the read position onto the offset line (ten times
     that until locked)."""
     slew_s: float = 1.0
     """Time over which a position error is corrected."""
-    relock_samples: float = 6.0
-    """A measurement this far off the line counts against the lock."""
+    relock_samples: float = 12.0
+    """An offset measurement this far from the tracked offset counts against the lock
+    (sources in different directions differ by up to the array's delay range)."""
     relock_count: int = 3
     """Consecutive such measurements that restart acquisition."""
     event_jump_ppm: float = 5.0
@@ -210,14 +297,6 @@ class DriftEvent:
     offset_samples: float
     t_s: float
     """Reference time of the event (s since the compensator started)."""
-
-
-@dataclass
-class _Fit:
-    slope: float
-    intercept: float
-    stderr_ppm: float
-    n: int
 
 
 @dataclass
@@ -242,26 +321,25 @@ class _Points:
             del self.x[0], self.y_q[0], self.y_extra[0], self.w[0]
 
 
-def fit_line(x: np.ndarray, y: np.ndarray, w: np.ndarray, prior_slope: float,
-             prior_precision: float) -> tuple[float, float, float]:
-    """Weighted LS ``y = a + b x`` with a Gaussian prior on ``b``: ``(b, a, stderr_b)``.
+@dataclass
+class _Segment:
+    """Coherence of one segment's groups, their centres and the read positions there."""
 
-    ``prior_precision`` is ``1 / sigma_b^2`` scaled like the data weights (0: no prior).
-    ``stderr_b`` uses the weighted residual variance (floor: 0.01 samples RMS).
-    """
-    sw = float(w.sum())
-    xm = float((w * x).sum() / sw)
-    ym = float((w * y).sum() / sw)
-    dx = x - xm
-    sxx = float((w * dx * dx).sum())
-    sxy = float((w * dx * (y - ym)).sum())
-    b = (sxy + prior_precision * prior_slope) / (sxx + prior_precision)
-    a = ym - b * xm
-    n = len(x)
-    resid = y - (a + b * x)
-    var = max(float((w * resid * resid).sum()) / max(n - 2, 1), 1e-4)
-    stderr = math.sqrt(var / (sxx + prior_precision))
-    return b, a, stderr
+    gamma: np.ndarray
+    k: list[int]
+    pos_q: list[int]
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below and above which half the weight lies (midpoint on a tie)."""
+    order = np.argsort(values)
+    v = np.asarray(values, np.float64)[order]
+    c = np.cumsum(np.asarray(weights, np.float64)[order])
+    half = 0.5 * c[-1]
+    i = int(np.searchsorted(c, half))
+    if i < len(v) - 1 and math.isclose(c[i], half):
+        return float(0.5 * (v[i] + v[i + 1]))
+    return float(v[min(i, len(v) - 1)])
 
 
 class DriftCompensator:
@@ -295,25 +373,38 @@ class DriftCompensator:
         self.analysis_channel = int(analysis_channel)
         self.compensate = bool(compensate)
         self.expected_delay_samples = 0.0
+        hop = s.n_fft // 2
         self._seg = max(int(round(s.update_s * fs_hz)), 2 * s.n_fft)
-        self._acq = max(int(round(s.acquire_s * fs_hz)), self._seg)
         self._max_lag = max(int(round(s.max_offset_s * fs_hz)), 1)
         self.resampler = StreamingResampler(n_channels,
-                                            history_samples=self._max_lag + self._acq + 64)
-        self._ref_buf = np.zeros(self._acq, np.float32)
-        self._oth_buf = np.zeros(self._acq, np.float32)
+                                            history_samples=self._max_lag + self._seg + 64)
+        self._ref_buf = np.zeros(self._seg, np.float32)
+        self._oth_buf = np.zeros(self._seg, np.float32)
         self._fill = 0
         self._window = np.hanning(s.n_fft + 2)[1:-1].astype(np.float32)
         freqs = np.fft.rfftfreq(s.n_fft, 1.0 / fs_hz)
         self._band = (freqs >= s.band_hz[0]) & (freqs <= s.band_hz[1])
+        self._bins = np.flatnonzero(self._band).astype(np.int64)
         self._omega = (2 * np.pi * freqs / fs_hz)[self._band]
         n_bins = s.n_fft // 2 + 1
         self._phi = np.zeros(n_bins, np.complex128)
         self._paa = np.zeros(n_bins, np.float64)
         self._pbb = np.zeros(n_bins, np.float64)
+        self._n_frames = (self._seg - s.n_fft) // hop + 1
+        self._n_groups = max(self._n_frames // s.frames_per_group, 1)
+        self._group_k = [g * s.frames_per_group * hop
+                         + ((s.frames_per_group - 1) * hop + s.n_fft) // 2
+                         for g in range(self._n_groups)]
+        self._lags = tuple(sorted({int(v) for v in s.drift_lags if int(v) >= 1}))
+        self._history: deque[_Segment] = deque(maxlen=max(self._lags) + 1)
+        self._acc = {lag: np.zeros(len(self._omega), np.complex128) for lag in self._lags}
+        self._acc_n = dict.fromkeys(self._lags, 0.0)
+        self._product = np.zeros(len(self._omega), np.complex128)
+        self._seg_estimates: deque[float] = deque(maxlen=30)
         self._fine_lags = np.linspace(-1.0, 1.0, 41)
         self._fine_out = np.zeros(self._fine_lags.size, np.float64)
         self._points = _Points()
+        self._breaks: list[tuple[int, int, int]] = []
         self._initial_offset = float(initial_offset_samples)
         self.reset(initial_offset_samples)
 
@@ -330,6 +421,8 @@ class DriftCompensator:
         self._collected_k0 = 0  # output index of the first sample in the segment buffers
         self._fill = 0
         self._points.clear()
+        self._history.clear()
+        self._breaks.clear()
         self._bad = 0
         self.state = ACQUIRING
         if not hasattr(self, "drift_ppm"):
@@ -340,13 +433,14 @@ class DriftCompensator:
             self.relocks = 0
             self._t_total = 0
             self.last_delay_samples = 0.0
+            self._reported_ppm = self.drift_ppm
         self._apply_step(0.0)
 
     def set_prior(self, drift_ppm: float, sigma_ppm: float) -> None:
         """Prior on the drift (e.g. from ALSA frame rates); used while few points exist."""
         self.settings.prior_ppm = float(drift_ppm)
         self.settings.prior_sigma_ppm = max(float(sigma_ppm), 1e-3)
-        if self.state == ACQUIRING and not self._points.x:
+        if self.measurements == 0:
             self.drift_ppm = float(drift_ppm)
             self._apply_step(0.0)
 
@@ -394,48 +488,71 @@ class DriftCompensator:
         events: list[DriftEvent] = []
         i = 0
         while i < n:
-            take = min(n - i, self._target_len() - self._fill)
+            take = min(n - i, self._seg - self._fill)
             self._ref_buf[self._fill:self._fill + take] = ref_mono[i:i + take]
             self._oth_buf[self._fill:self._fill + take] = out[self.analysis_channel,
                                                               i:i + take]
             self._fill += take
             i += take
-            if self._fill == self._target_len():
-                seg_len = self._fill
+            if self._fill == self._seg:
                 events += self._update()
                 self._fill = 0
-                self._collected_k0 += seg_len
+                self._collected_k0 += self._seg
         return events
 
     def _position_q_at(self, k: int) -> int:
-        """Fixed-point read position of output sample ``k`` (within the current step)."""
-        return self._seg_pos_q + (k - self._seg_k0) * self._seg_step_q
-
-    def _target_len(self) -> int:
-        return self._acq if self.state == ACQUIRING else self._seg
+        """Exact fixed-point read position that produced output sample ``k``."""
+        for k0, pos_q0, step_q in reversed(self._breaks):
+            if k0 <= k:
+                return pos_q0 + (k - k0) * step_q
+        k0, pos_q0, step_q = self._breaks[0]
+        return pos_q0 + (k - k0) * step_q
 
     # ------------------------------------------------------------------ estimation
 
     def _apply_step(self, slew_ppm: float) -> None:
         """Set the resampler's step from now on: drift plus a position slew.
 
-        Rebases the position model at the resampler's current position, so positions of
-        later outputs stay exact: ``p(k) = p(k0) + (k - k0) step``.
+        Records the breakpoint, so positions of later outputs stay exact:
+        ``p(k) = p(k0) + (k - k0) step``.
         """
         ppm = (self.drift_ppm + slew_ppm) if self.compensate else 0.0
-        self._seg_k0 = self._k
-        self._seg_pos_q = self.resampler.position_q
         self.resampler.set_drift_ppm(ppm)
-        self._seg_step_q = self.resampler.step_q
+        if self._breaks and self._breaks[-1][0] == self._k:
+            self._breaks.pop()
+        self._breaks.append((self._k, self.resampler.position_q, self.resampler.step_q))
+        if len(self._breaks) > 64:
+            del self._breaks[0]
 
-    def _segment_delay(self) -> tuple[float, float]:
+    def _spectra(self) -> tuple[np.ndarray, np.ndarray]:
+        hop = self.settings.n_fft // 2
+        idx = (np.arange(self._n_frames)[:, None] * hop
+               + np.arange(self.settings.n_fft)[None, :])
+        spec_a = np.fft.rfft(self._ref_buf[idx] * self._window).astype(np.complex64)
+        spec_b = np.fft.rfft(self._oth_buf[idx] * self._window).astype(np.complex64)
+        return spec_a, spec_b
+
+    def _peak(self, weighted: np.ndarray, center: float, span: float) -> tuple[float, float]:
+        """Lag in ``center +- span`` maximising the coherent sum of ``weighted``:
+        ``(lag, sum at the lag / sum of magnitudes)``."""
+        coarse = np.arange(math.floor(center - span), math.ceil(center + span) + 1,
+                           dtype=np.float64)
+        vals = np.zeros(coarse.size)
+        coherent_sum_kernel(weighted, self._omega, coarse, vals)
+        lags = float(coarse[int(np.argmax(vals))]) + self._fine_lags
+        coherent_sum_kernel(weighted, self._omega, lags, self._fine_out)
+        j = int(np.argmax(self._fine_out))
+        lag = float(lags[j])
+        if 0 < j < lags.size - 1:
+            y0, y1, y2 = self._fine_out[j - 1:j + 2]
+            den = y0 - 2 * y1 + y2
+            if den < 0:
+                lag += float(0.5 * (y0 - y2) / den) * (lags[1] - lags[0])
+        total = float(np.abs(weighted).sum())
+        return lag, (float(self._fine_out[j]) / total if total > 0 else 0.0)
+
+    def _segment_delay(self, spec_a: np.ndarray, spec_b: np.ndarray) -> tuple[float, float]:
         """Residual delay (samples) and quality (0..1) of the buffered segment."""
-        s = self.settings
-        hop = s.n_fft // 2
-        n_frames = (self._seg - s.n_fft) // hop + 1
-        idx = np.arange(n_frames)[:, None] * hop + np.arange(s.n_fft)[None, :]
-        spec_a = np.fft.rfft(self._ref_buf[:self._seg][idx] * self._window).astype(np.complex64)
-        spec_b = np.fft.rfft(self._oth_buf[:self._seg][idx] * self._window).astype(np.complex64)
         self._phi.fill(0)
         self._paa.fill(0)
         self._pbb.fill(0)
@@ -443,61 +560,132 @@ class DriftCompensator:
         phi = self._phi[self._band]
         power = self._paa[self._band] * self._pbb[self._band]
         mag = np.abs(phi)
-        ok = power > 1e-20
-        msc = np.zeros_like(mag)
-        msc[ok] = mag[ok] ** 2 / power[ok]
+        ok = (power > 1e-20) & (mag > 0)
         weighted = np.zeros_like(phi)
-        nz = mag > 0
-        weighted[nz] = msc[nz] * phi[nz] / mag[nz]
+        weighted[ok] = mag[ok] * phi[ok] / power[ok]  # MSC times the unit phase
+        delay, _ = self._peak(weighted, 0.0, self.settings.track_range_samples)
         norm = float(len(phi))
-        # coarse: integer lags over the tracking range, then a fine grid around the best
-        span = int(np.ceil(s.track_range_samples))
-        coarse = np.arange(-span, span + 1, dtype=np.float64)
-        vals = np.zeros(coarse.size)
-        coherent_sum_kernel(weighted, self._omega, coarse, vals)
-        best = float(coarse[int(np.argmax(vals))])
-        lags = best + self._fine_lags
-        coherent_sum_kernel(weighted, self._omega, lags, self._fine_out)
-        j = int(np.argmax(self._fine_out))
-        delay = float(lags[j])
-        if 0 < j < lags.size - 1:
-            y0, y1, y2 = self._fine_out[j - 1:j + 2]
-            den = y0 - 2 * y1 + y2
-            if den < 0:
-                delay += float(0.5 * (y0 - y2) / den) * (lags[1] - lags[0])
-        return delay, float(self._fine_out[j] / norm)
+        return delay, float(self._fine_out.max() / norm)
 
     def _update(self) -> list[DriftEvent]:
+        spec_a, spec_b = self._spectra()
+        self._drift_update(spec_a, spec_b)
         if self.state == ACQUIRING:
             return self._acquire()
-        return self._track()
+        return self._track(spec_a, spec_b)
+
+    # ---------------------------------------------------------- drift (coherence drift)
+
+    def _drift_update(self, spec_a: np.ndarray, spec_b: np.ndarray) -> None:
+        """Coherence drift of this segment against earlier ones; updates ``drift_ppm``.
+
+        Each group's coherence ``G`` has the phase ``w (T(k) - p(k) + tau(w))``: the true
+        device position ``T``, the read position ``p`` and the delays of whatever sources
+        fill the bin. Between two groups ``D`` samples apart, the product ``G2 conj(G1)``
+        keeps the clocks and loses the sources (as long as they stay put); adding back
+        the known ``p2 - p1 - D`` leaves ``w (T2 - T1 - D) = w eps D``. The products are
+        summed per lag over time (forgetting ``memory_s``; Huber-weighted against the
+        estimate), and ``eps D`` is the peak of their coherent sum over the delay.
+        """
+        s = self.settings
+        gamma = np.zeros((self._n_groups, len(self._bins)), np.complex128)
+        group_coherence_kernel(spec_a, spec_b, self._bins, s.frames_per_group, gamma)
+        k = [self._collected_k0 + c for c in self._group_k]
+        seg = _Segment(gamma, k, [self._position_q_at(c) for c in k])
+        self._history.append(seg)
+        forget = math.exp(-s.update_s / s.memory_s)
+        eps = self.drift_ppm * 1e-6
+        have = self.measurements >= s.min_points_lock
+        used = False
+        for lag in self._lags:
+            if len(self._history) <= lag:
+                break
+            prev = self._history[-1 - lag]
+            dist = k[0] - prev.k[0]
+            shift = np.array([(pc - pp - (kc - kp) * FRAC_ONE) / FRAC_ONE for pc, pp, kc, kp
+                              in zip(seg.pos_q, prev.pos_q, k, prev.k, strict=True)])
+            self._product.fill(0)
+            coherence_drift_kernel(gamma, prev.gamma, self._omega, shift, self._product)
+            if not np.abs(self._product).sum() > 0:
+                continue
+            weight = 1.0
+            if have:
+                span = 4.0 + 20e-6 * dist
+                d, q = self._peak(self._product, eps * dist, span)
+                if q < s.min_quality:
+                    continue
+                dev_ppm = abs(d / dist - eps) * 1e6
+                limit = s.huber_ppm / lag
+                weight = min(1.0, limit / dev_ppm) if dev_ppm > 0 else 1.0
+                if lag == self._lags[0]:
+                    self._seg_estimates.append(d / dist * 1e6)
+            self._acc[lag] *= forget
+            self._acc[lag] += weight * self._product
+            self._acc_n[lag] = self._acc_n[lag] * forget + weight
+            used = True
+        if not used:
+            return
+        self.measurements += 1
+        self._estimate_drift()
+
+    def _estimate_drift(self) -> None:
+        """Combine the lags' accumulated products (finer lags refine coarser ones)."""
+        s = self.settings
+        est = None
+        num = den = 0.0
+        for lag in self._lags:
+            if self._acc_n[lag] <= 0:
+                continue
+            dist = lag * self._seg
+            if est is None:
+                span = s.max_drift_ppm * 1e-6 * dist
+                d, q = self._peak(self._acc[lag], 0.0, max(span, 2.0))
+            else:
+                d, q = self._peak(self._acc[lag], est * dist, 2.0 + 10e-6 * dist)
+            if q < s.min_quality:
+                break
+            w = self._acc_n[lag] * lag * lag * q
+            num += w * d / dist
+            den += w
+            est = num / den
+        if est is None:
+            return
+        # spread of single-segment estimates, scaled to all the accumulated pairs
+        if len(self._seg_estimates) >= 3:
+            vals = np.array(self._seg_estimates)
+            sigma = 1.4826 * float(np.median(np.abs(vals - np.median(vals)))) + 0.5
+        else:
+            sigma = 20.0
+        pairs = sum(self._acc_n[lag] * lag * lag for lag in self._lags)
+        stderr = sigma / math.sqrt(max(pairs, 1e-9))
+        prior_w = 1.0 / max(s.prior_sigma_ppm, 1e-3) ** 2
+        data_w = 1.0 / stderr ** 2
+        ppm = (data_w * est * 1e6 + prior_w * s.prior_ppm) / (data_w + prior_w)
+        self.drift_ppm = float(ppm)
+        self.stderr_ppm = float(1.0 / math.sqrt(data_w + prior_w))
+
+    # ---------------------------------------------------------- offset
 
     def _acquire(self) -> list[DriftEvent]:
-        """GCC-PHAT on both halves of the acquisition buffer: offset, and from the change
-        of the lag between the halves a coarse drift (double cross-correlation, as in
-        DXCP-PHAT, Chinaev et al. 2021)."""
+        """GCC-PHAT over the segment: the integer/initial offset (the drift comes from
+        the coherence drift, not from here)."""
         s = self.settings
-        half = self._acq // 2
-        lag1, ratio1 = gcc_phat(self._ref_buf[:half], self._oth_buf[:half], self._max_lag)
-        lag2, ratio2 = gcc_phat(self._ref_buf[half:2 * half], self._oth_buf[half:2 * half],
-                                self._max_lag)
-        if not (ratio1 >= s.acquire_min_ratio and ratio2 >= s.acquire_min_ratio):
+        lag, ratio = gcc_phat(self._ref_buf, self._oth_buf, self._max_lag)
+        if not ratio >= s.acquire_min_ratio:
+            self._apply_step(0.0)
             return []
-        rate = (lag2 - lag1) / half  # residual drift against the current step
-        if abs(rate) > s.max_drift_ppm * 1e-6:
-            return []  # the two halves disagree: no reliable peak yet
         previous = self.drift_ppm
-        step_ppm = self._seg_step_q / FRAC_ONE * 1e6 - 1e6
-        if self.compensate:
-            self.drift_ppm = step_ppm + rate * 1e6
-        # lag now (end of the buffer) extrapolated from the second half's centre
-        lag_now = lag2 + rate * (self._k - (self._collected_k0 + 1.5 * half))
+        k_c = self._collected_k0 + self._seg // 2
+        # lag at the segment centre, carried to now with the drift and the known positions
+        moved = (self.resampler.position_q - self._position_q_at(k_c)) / FRAC_ONE
+        lag_now = lag + (1.0 + self.drift_ppm * 1e-6) * (self._k - k_c) - moved
         now_q = self.resampler.position_q
         new_q = now_q + int(round((lag_now - self.expected_delay_samples)
-                                  * self._seg_step_q))
+                                  * self.resampler.step_q))
         try:
             self.resampler.set_position_q(new_q)
         except SignalShapeError:
+            self._apply_step(0.0)
             return []  # needs history we no longer have: try again on the next segment
         self._apply_step(0.0)
         self.state = TRACKING
@@ -506,39 +694,30 @@ class DriftCompensator:
         return [DriftEvent("acquired", self.drift_ppm, previous, self.offset_samples,
                            self.t_s)]
 
-    def _track(self) -> list[DriftEvent]:
+    def _track(self, spec_a: np.ndarray, spec_b: np.ndarray) -> list[DriftEvent]:
         s = self.settings
-        delay, quality = self._segment_delay()
+        delay, quality = self._segment_delay(spec_a, spec_b)
         self.last_delay_samples = delay
         k_mid = self._collected_k0 + self._seg // 2
+        events: list[DriftEvent] = []
+        previous = self.drift_ppm
         if quality < s.min_quality:
             # silence, or the device jumped (reset, restarted stream) beyond the tracking
             # range: a wide GCC-PHAT tells them apart
-            lag, ratio = gcc_phat(self._ref_buf[:self._seg], self._oth_buf[:self._seg],
-                                  self._max_lag)
+            lag, ratio = gcc_phat(self._ref_buf, self._oth_buf, self._max_lag)
             if ratio >= s.acquire_min_ratio and abs(lag) > s.relock_samples:
                 return self._count_bad()
-            self._apply_step(0.0)
-            return []
-        self.measurements += 1
-        y_q = self._position_q_at(k_mid)
-        extra = delay * self._seg_step_q / FRAC_ONE
-        events: list[DriftEvent] = []
-        if len(self._points.x) >= s.min_points_lock:
-            fit = self._fit()
-            predicted = fit.intercept + fit.slope * (k_mid - self._points.x[-1])
-            got = (y_q - self._points.y_q[-1]) / FRAC_ONE + extra
-            if abs(got - predicted) > s.relock_samples:
-                return self._count_bad()
+        else:
+            y_q = self._position_q_at(k_mid)
+            extra = delay * self.resampler.step_q / FRAC_ONE
+            if len(self._points.x) >= s.min_points_lock:
+                got = (y_q - self._points.y_q[-1]) / FRAC_ONE + extra
+                if abs(got - self._offset_line(k_mid)) > s.relock_samples:
+                    return self._count_bad()
             self._bad = 0
-        self._points.add(k_mid, y_q, extra, quality, s.max_points)
-        fit = self._fit()
-        previous = self.drift_ppm
+            self._points.add(k_mid, y_q, extra, quality, s.max_points)
         was_locked = self.state == LOCKED
-        if len(self._points.x) >= 2:
-            self.drift_ppm = (fit.slope - 1.0) * 1e6
-            self.stderr_ppm = fit.stderr_ppm
-        if (len(self._points.x) >= s.min_points_lock
+        if (self.measurements >= s.min_points_lock
                 and self.stderr_ppm <= s.lock_stderr_ppm):
             if not was_locked:
                 self.state = LOCKED
@@ -546,19 +725,41 @@ class DriftCompensator:
                     self.t_locked_s = self.t_s
                 events.append(DriftEvent("locked", self.drift_ppm, previous,
                                          self.offset_samples, self.t_s))
-            elif abs(self.drift_ppm - previous) > s.event_jump_ppm:
-                events.append(DriftEvent("jump", self.drift_ppm, previous,
+            elif abs(self.drift_ppm - self._reported_ppm) > s.event_jump_ppm:
+                events.append(DriftEvent("jump", self.drift_ppm, self._reported_ppm,
                                          self.offset_samples, self.t_s))
-        # slew the read position onto the fitted line (minus the acoustic delay)
-        k_next = self._k
-        target = fit.intercept + fit.slope * (k_next - self._points.x[-1]) \
-            - self.expected_delay_samples
+            if events:
+                self._reported_ppm = self.drift_ppm
+        elif was_locked and self.stderr_ppm > 3 * s.lock_stderr_ppm:
+            self.state = TRACKING
+        if not self._points.x:
+            self._apply_step(0.0)
+            return events
+        # slew the read position onto the offset line (minus the acoustic delay)
+        target = self._offset_line(self._k) - self.expected_delay_samples
         pos_next = (self.resampler.position_q - self._points.y_q[-1]) / FRAC_ONE
         err = target - pos_next
         slew = err / (s.slew_s * self.fs_hz) * 1e6
         limit = s.slew_ppm if self.state == LOCKED else 10 * s.slew_ppm
         self._apply_step(max(-limit, min(limit, slew)))
         return events
+
+    def _offset_line(self, k: int) -> float:
+        """Device position lining up with reference sample ``k`` (relative to the newest
+        point's read position): slope from the drift estimate, intercept the weighted
+        median of the offset measurements (forgetting ``memory_s``), so that a source
+        in another direction taking over the room for a while does not move it."""
+        s = self.settings
+        pts = self._points
+        slope = 1.0 + self.drift_ppm * 1e-6
+        x_last = pts.x[-1]
+        yq_last = pts.y_q[-1]
+        x = np.array([xi - x_last for xi in pts.x], np.float64)
+        y = np.array([(yq - yq_last) / FRAC_ONE for yq in pts.y_q], np.float64) \
+            + np.array(pts.y_extra)
+        w = np.array(pts.w) * np.exp(x / self.fs_hz / s.memory_s)
+        intercept = weighted_median(y - slope * x, w)
+        return intercept + slope * (k - x_last)
 
     def _count_bad(self) -> list[DriftEvent]:
         """One more measurement off the line; enough of them in a row: re-acquire."""
@@ -569,28 +770,10 @@ class DriftCompensator:
         self.relocks += 1
         self.state = ACQUIRING
         self._points.clear()
+        self._history.clear()  # pairs across a device reset say nothing about the clocks
         self._bad = 0
         return [DriftEvent("relock", self.drift_ppm, self.drift_ppm, self.offset_samples,
                            self.t_s)]
-
-    def _fit(self) -> _Fit:
-        s = self.settings
-        pts = self._points
-        x_last = pts.x[-1]
-        yq_last = pts.y_q[-1]
-        x = np.array([xi - x_last for xi in pts.x], np.float64)
-        y = np.array([(yq - yq_last) / FRAC_ONE for yq in pts.y_q], np.float64) \
-            + np.array(pts.y_extra)
-        age_s = -x / self.fs_hz
-        w = np.array(pts.w) * np.exp(-age_s / s.memory_s)
-        prior_slope = 1.0 + s.prior_ppm * 1e-6
-        prior_var = (s.prior_sigma_ppm * 1e-6) ** 2
-        # prior precision in units of the data: a residual variance of ~0.01 samples^2
-        prior_precision = 0.01 / prior_var * float(w.mean()) if len(x) else 0.0
-        if len(x) == 1:
-            return _Fit(prior_slope, float(y[0]), float("inf"), 1)
-        b, a, stderr_b = fit_line(x, y, w, prior_slope, prior_precision)
-        return _Fit(b, a, stderr_b * 1e6, len(x))
 
 
 def warmup_kernels() -> None:
@@ -602,9 +785,14 @@ def warmup_kernels() -> None:
     spec = np.zeros((1, n_bins), np.complex64)
     cross_spectrum_kernel(spec, spec, comp._phi, comp._paa, comp._pbb)
     coherent_sum_kernel(comp._phi[comp._band], comp._omega, comp._fine_lags, comp._fine_out)
+    gamma = np.zeros((1, comp._bins.size), np.complex128)
+    group_coherence_kernel(spec, spec, comp._bins, 1, gamma)
+    coherence_drift_kernel(gamma, gamma, comp._omega, np.zeros(1), comp._product)
 
 
 __all__ = ["ACQUIRING", "TRACKING", "LOCKED", "LOCK_STATES", "DriftCompensator",
            "DriftEvent", "DriftSettings", "FRAC_BITS", "cross_spectrum_kernel",
            "cross_spectrum_reference", "coherent_sum_kernel", "coherent_sum_reference",
-           "fit_line", "gcc_phat", "warmup_kernels"]
+           "coherence_drift_kernel", "coherence_drift_reference", "gcc_phat",
+           "group_coherence_kernel", "group_coherence_reference", "warmup_kernels",
+           "weighted_median"]
