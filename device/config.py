@@ -238,6 +238,10 @@ class MqttConfig:
     """Publish retained Home Assistant discovery configs for the telemetry sensors."""
     ha_discovery_prefix: str = _opt("homeassistant", "Home Assistant discovery prefix")
     """Discovery prefix configured in Home Assistant's MQTT integration."""
+    wyoming_uri: str = _opt("", "Wyoming mic server, tcp://HOST:PORT (empty: off)")
+    """Serve the enhanced stream as a Wyoming ``mic`` service (not MQTT: Home Assistant's
+    wyoming-satellite connects with ``--mic-uri tcp://<board>:PORT``); needs the
+    ``wyoming`` extra. Stopped by ``mute`` like the MQTT audio."""
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,11 @@ class Service:
         self._steer_requests: list[tuple[float, float, Callable[..., None]]] = []
         self._steer_lock = threading.Lock()
         self.channel_levels = ChannelLevels(self.geometry.n_channels)
+        self.wyoming = None  # the optional Wyoming mic server (mqtt.wyoming_uri)
+        if cfg.mqtt.wyoming_uri:
+            from mica.device.wyoming_mic import WyomingMicServer
+
+            self.wyoming = WyomingMicServer(cfg.mqtt.wyoming_uri, cfg.dsp.fs_hz, cfg.device.id)
         self.board = BoardSampler(spool_dir=cfg.mqtt.spool_dir or None)
         self._stop = threading.Event()
         self._finished = threading.Event()
@@ -288,6 +293,8 @@ class Service:
         if self.link is not None:
             self.link.set_info(self.info)
             self.link.start()
+        if self.wyoming is not None:
+            self.wyoming.start()
         self._t_start = time.monotonic()
         for name, target in (("mica-capture", self._capture_loop), ("mica-dsp", self._dsp_loop),
                              ("mica-publish", self._publish_loop)):
@@ -353,6 +360,8 @@ class Service:
             thread.join(max(0.0, deadline - time.monotonic() - 0.3))
             if thread.is_alive():
                 log.warning("thread %s did not stop in time", thread.name)
+        if self.wyoming is not None:
+            self.wyoming.stop()
         if self.link is not None:
             self.link.stop(timeout_s=max(0.1, deadline - time.monotonic()))
         log.info("stopped: %d blocks, %d xruns, %d dropped at capture, %d dropped at output",
@@ -480,7 +489,7 @@ class Service:
             block = self.out.get(timeout_s=0.05)
             if block is not None and self._audio_sink is not None:
                 self._audio_sink(block.samples[0])
-            if block is not None and self.link is not None and self.audio_on and not self.muted:
+            if block is not None and self._audio_wanted():
                 for chunk in chunker.push(block.samples[0], block.t_capture_ns, block.seq):
                     self._publish_chunk(chunk)
             now = time.monotonic()
@@ -493,17 +502,25 @@ class Service:
                 next_telemetry = now + cfg.telemetry_interval_s
             if block is None and self.out.closed:
                 break
+        last = chunker.flush()
+        if last is not None and self._audio_wanted():
+            self._publish_chunk(last)
         if self.link is not None:
-            last = chunker.flush()
-            if last is not None and self.audio_on and not self.muted:
-                self._publish_chunk(last)
             self.link.publish_telemetry(self.telemetry(telemetry_seq))
         self._finished.set()
 
+    def _audio_wanted(self) -> bool:
+        """Whether enhanced audio leaves the board now: MQTT audio on or a Wyoming server,
+        and not muted (``mute`` stops both)."""
+        return not self.muted and (self.wyoming is not None
+                                    or (self.link is not None and self.audio_on))
+
     def _publish_chunk(self, chunk: AudioChunk) -> None:
-        assert self.link is not None
-        self.link.publish_audio(chunk.pcm, chunk.seq, chunk.t_capture_ns,
-                                self.cfg.mqtt.audio_stream, self._audio_properties())
+        if self.wyoming is not None:
+            self.wyoming.push(chunk.pcm, chunk.t_capture_ns)
+        if self.link is not None and self.audio_on:
+            self.link.publish_audio(chunk.pcm, chunk.seq, chunk.t_capture_ns,
+                                    self.cfg.mqtt.audio_stream, self._audio_properties())
         self.chunks_published += 1
 
     # ------------------------------------------------------------------ DOA / VAD (issue 12)
