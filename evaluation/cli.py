@@ -38,7 +38,7 @@ def machine_description() -> str:
 
 
 def run_eval(corpus: Path, out_dir: Path, quick: bool, seed: int,
-             methods: list[str] | None = None, stream=sys.stderr) -> dict:
+             methods: list[str] | None = None, stream=sys.stderr, jobs: int = 0) -> dict:
     """Everything ``mica eval`` does; returns the report summary."""
     import numpy as np
 
@@ -58,7 +58,8 @@ def run_eval(corpus: Path, out_dir: Path, quick: bool, seed: int,
         all_methods = [m for m in all_methods if m.name in methods]
     stream.write(f"mica eval: {len(scenarios)} scenarios x {len(all_methods)} methods\n")
     progress = Progress(len(scenarios) * len(all_methods), stream)
-    result = evaluate(scenarios, all_methods, progress.step)
+    jobs = jobs or os.cpu_count() or 1
+    result = evaluate(scenarios, all_methods, progress.step, jobs=jobs)
     wall_s = time.monotonic() - t0
     cmd = "mica eval " + " ".join(
         [f"--corpus {corpus}", f"--out {out_dir}", f"--seed {seed}"] + (["--quick"] if quick
@@ -86,7 +87,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     summary = run_eval(corpus, args.out, args.quick, args.seed,
-                       methods=args.methods.split(",") if args.methods else None)
+                       methods=args.methods.split(",") if args.methods else None,
+                       jobs=args.jobs)
     groups = [g for g in ("0 dB", "5 dB") if g in next(iter(summary.values()))]
     print(markdown_tables(summary, ("pesq", "stoi", "wer", "wake_hit_microwakeword",
                                     "wake_hit_openwakeword"), groups or None))
@@ -109,6 +111,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to write report.md, report.json and the PNGs")
     p.add_argument("--quick", action="store_true", help="small scenario set (CI)")
     p.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="worker processes (default: one per CPU)")
     p.add_argument("--methods", default=None,
                    help="comma-separated method names to run (default: all)")
 

@@ -115,14 +115,50 @@ class Progress:
         self.stream.flush()
 
 
+_WORK: tuple[list[Scenario], list[Method], tuple[str, ...], set[str]] | None = None
+"""What forked workers inherit (methods hold closures, so they are not pickled)."""
+
+
+def _run_scenario(i: int) -> tuple[int, list[dict], dict, dict]:
+    assert _WORK is not None
+    scenarios, methods, wake_words, unavailable = _WORK
+    sc = scenarios[i]
+    rows, outputs, extras_all = [], {}, {}
+    for m in methods:
+        if m.name in unavailable:
+            continue
+        row = {"scenario": sc.name, "family": sc.family, "method": m.name, "kind": m.kind,
+               "snr_db": sc.snr_db, "rt60_s": sc.rt60_s, "n_channels": sc.n_channels,
+               "duration_s": sc.duration_s}
+        t0 = time.perf_counter()
+        try:
+            out = m.run(sc)
+            extras: dict = {}
+            if isinstance(out, tuple):
+                out, extras = out
+            row["process_s"] = time.perf_counter() - t0
+            row.update(score(sc, out, wake_words))
+            outputs[(sc.name, m.name)] = np.asarray(out, np.float32)
+            if extras:
+                extras_all[(sc.name, m.name)] = extras
+        except Exception as err:  # one failure must not end the run: it is reported
+            log.exception("%s on %s failed", m.name, sc.name)
+            row.update({k: None for k in METRICS})
+            row["why"] = {k: f"failed: {type(err).__name__}: {err}" for k in METRICS}
+        rows.append(row)
+    return i, rows, outputs, extras_all
+
+
 def evaluate(scenarios: list[Scenario], methods: list[Method],
-             progress: Callable[[str], None] | None = None) -> EvalResult:
+             progress: Callable[[str], None] | None = None, jobs: int = 1) -> EvalResult:
     """Run and score every available method on every scenario (see the module docstring).
 
     A method that is unavailable (its package missing) gets no rows and its reason in
     ``unavailable``; a method that raises on one scenario gets a row with every metric
-    ``None`` and the error as the reason.
+    ``None`` and the error as the reason. ``jobs > 1`` runs scenarios in that many forked
+    worker processes (results in the same order as with one).
     """
+    global _WORK
     res = EvalResult()
     wake_words = tuple(sorted({s.wake_word for s in scenarios if s.wake_word}))
     for m in methods:
@@ -132,29 +168,33 @@ def evaluate(scenarios: list[Scenario], methods: list[Method],
         if reason:
             res.unavailable[m.name] = reason
             log.warning("method %s unavailable: %s", m.name, reason)
-    for sc in scenarios:
-        for m in methods:
-            if m.name in res.unavailable:
-                continue
-            row = {"scenario": sc.name, "family": sc.family, "method": m.name, "kind": m.kind,
-                   "snr_db": sc.snr_db, "rt60_s": sc.rt60_s, "n_channels": sc.n_channels,
-                   "duration_s": sc.duration_s}
-            t0 = time.perf_counter()
-            try:
-                out = m.run(sc)
-                extras: dict = {}
-                if isinstance(out, tuple):
-                    out, extras = out
-                row["process_s"] = time.perf_counter() - t0
-                row.update(score(sc, out, wake_words))
-                res.outputs[(sc.name, m.name)] = np.asarray(out, np.float32)
-                if extras:
-                    res.extras[(sc.name, m.name)] = extras
-            except Exception as err:  # one failure must not end the run: it is reported
-                log.exception("%s on %s failed", m.name, sc.name)
-                row.update({k: None for k in METRICS})
-                row["why"] = {k: f"failed: {type(err).__name__}: {err}" for k in METRICS}
-            res.rows.append(row)
-            if progress:
-                progress(f"{m.name} on {sc.name}")
+    n_run = len([m for m in methods if m.name not in res.unavailable])
+    _WORK = (scenarios, methods, wake_words, set(res.unavailable))
+    done: dict[int, tuple[list[dict], dict, dict]] = {}
+    try:
+        if jobs > 1 and len(scenarios) > 1:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(min(jobs, len(scenarios))) as pool:
+                for i, rows, outs, extras in pool.imap_unordered(_run_scenario,
+                                                                 range(len(scenarios))):
+                    done[i] = (rows, outs, extras)
+                    for _ in range(n_run):
+                        if progress:
+                            progress(scenarios[i].name)
+        else:
+            for i in range(len(scenarios)):
+                _, rows, outs, extras = _run_scenario(i)
+                done[i] = (rows, outs, extras)
+                for r in rows:
+                    if progress:
+                        progress(f"{r['method']} on {r['scenario']}")
+    finally:
+        _WORK = None
+    for i in range(len(scenarios)):
+        rows, outs, extras = done[i]
+        res.rows.extend(rows)
+        res.outputs.update(outs)
+        res.extras.update(extras)
     return res
