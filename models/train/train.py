@@ -33,10 +33,11 @@ def loss_fn(g: torch.Tensor, batch: dict[str, torch.Tensor], w: torch.Tensor) ->
     e_y = (ymag ** 2) @ w.T
     e_s = (smag ** 2) @ w.T
     g_t = torch.clamp(torch.sqrt(e_s / (e_y + 1e-12)), 0.0, 1.0)
-    l_gain = torch.mean((torch.sqrt(g) - torch.sqrt(g_t)) ** 2)
+    sqrt_g = torch.sqrt(g + 1e-6)  # a sigmoid that underflows to 0 has an infinite sqrt slope
+    l_gain = torch.mean((sqrt_g - torch.sqrt(g_t)) ** 2)
     g_bin = g @ w
     l_mag = torch.mean(((g_bin * ymag + 1e-8) ** 0.3 - (smag + 1e-8) ** 0.3) ** 2)
-    harm = torch.relu(torch.sqrt(g_t) - torch.sqrt(g)) ** 2 * (g_t > 0.5)
+    harm = torch.relu(torch.sqrt(g_t) - sqrt_g) ** 2 * (g_t > 0.5)
     return l_gain + 2.0 * l_mag + 0.5 * torch.mean(harm)
 
 
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     val = {k: torch.from_numpy(v) for k, v in
            make_batch(args.seed + 999, 0, src, 32, args.frames, weights).items()}
     ema = None
+    best_val = float("inf")
+    if (args.out / "best.pt").exists():
+        best_val = torch.load(args.out / "best.pt", weights_only=False)["val_loss"]
     pool: dict[int, dict[str, np.ndarray]] = {}
 
     def fresh(k: int) -> dict[str, np.ndarray]:
@@ -111,11 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         loss = loss_fn(model(batch["feats"]), batch, w_t)
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if torch.isfinite(loss) and torch.isfinite(norm):
+            opt.step()
+            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        else:  # never let one bad batch poison the weights
+            log.warning("step %d: non-finite loss or gradient, update skipped", step)
         sched.step()
         step += 1
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         done = time.monotonic() - t_start > args.minutes * 60 or step >= args.steps
         if step % args.ckpt_every == 0 or done:
             model.eval()
@@ -127,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                      "val_loss": vloss}
             torch.save(state, args.out / "tmp.pt")
             os.replace(args.out / "tmp.pt", last)
+            if vloss < best_val:
+                best_val = vloss
+                torch.save(state, args.out / "tmp.pt")
+                os.replace(args.out / "tmp.pt", args.out / "best.pt")
             with open(args.out / "history.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, "train_loss": ema, "val_loss": vloss,
                                     "lr": sched.get_last_lr()[0],
