@@ -17,6 +17,8 @@ not to delay, so the estimate must be time-aligned with the reference.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.signal
 
@@ -113,10 +115,18 @@ def dnsmos(estimate: np.ndarray, fs_hz: int = 16000) -> dict[str, float]:
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if peak > 1.0:
         x = x / peak
+    window = int(DNSMOS_WINDOW_S * 16000)
+    if 0 < x.shape[0] < window:
+        # loop to exactly one model window: speechmos would loop past it and score 3-4
+        # overlapping windows of the same repeated audio
+        x = np.tile(x, -(-window // x.shape[0]))[:window]
     res = _dnsmos.run(x, sr=16000)
     return {"sig": float(res["sig_mos"]), "bak": float(res["bak_mos"]),
             "ovrl": float(res["ovrl_mos"]), "p808": float(res["p808_mos"])}
 
+
+DNSMOS_WINDOW_S = 9.01
+"""Input length of the DNSMOS models (s); shorter clips are looped to it."""
 
 _DECODER = None
 
@@ -176,50 +186,68 @@ WAKE_ENGINES = ("microwakeword", "openwakeword")
 OPENWAKEWORD_THRESHOLD = 0.5
 
 
-def wake_word_detected(signal: np.ndarray, wake_word: str, engine: str,
-                       fs_hz: int = 16000) -> bool:
-    """Whether ``engine`` (``"microwakeword"`` or ``"openwakeword"``) fires on ``wake_word``
-    (a built-in model name: ``hey_jarvis``, ``okay_nabu``, ``alexa``, ``hey_mycroft``)
-    anywhere in ``signal``. Streams 10 ms (micro) / 80 ms (open) int16 chunks, as a
-    satellite does; microWakeWord uses its model's own cutoff over its sliding window,
-    openWakeWord fires above 0.5. The signal is normalised to -6 dBFS peak first (the
-    engines expect a gain-controlled input)."""
+_OWW_CACHE: dict = {}
+
+
+def _openwakeword(word: str | None):
+    """Cached openWakeWord feature extractor (``None``) or detector (``word``), reset."""
+    from pyopen_wakeword import Model as OModel
+    from pyopen_wakeword import OpenWakeWord, OpenWakeWordFeatures
+
+    key = (os.getpid(), word)
+    obj = _OWW_CACHE.get(key)
+    if obj is None:
+        obj = (OpenWakeWordFeatures.from_builtin() if word is None
+               else OpenWakeWord.from_builtin(OModel(word)))
+        _OWW_CACHE[key] = obj
+    obj.reset()
+    return obj
+
+
+def wake_words_detected(signal: np.ndarray, wake_words: tuple[str, ...] | list[str],
+                        engine: str, fs_hz: int = 16000) -> dict[str, bool]:
+    """Whether ``engine`` (``"microwakeword"`` or ``"openwakeword"``) fires on each of
+    ``wake_words`` (built-in model names: ``hey_jarvis``, ``okay_nabu``, ``alexa``,
+    ``hey_mycroft``) anywhere in ``signal``. Streams 10 ms (micro) / 80 ms (open) int16
+    chunks, as a satellite does; microWakeWord uses its model's own cutoff over its sliding
+    window, openWakeWord fires above 0.5. The signal is normalised to -6 dBFS peak first
+    (the engines expect a gain-controlled input)."""
     if fs_hz != 16000:
-        raise ValueError(f"wake_word_detected: fs_hz must be 16000, got {fs_hz}")
+        raise ValueError(f"wake_words_detected: fs_hz must be 16000, got {fs_hz}")
     x = np.asarray(signal, dtype=np.float64)
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if peak > 0:
         x = 0.5 * x / peak
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    hits = {}
     if engine == "microwakeword":
         from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
 
-        det = MicroWakeWord.from_builtin(Model(wake_word))
-        feats = MicroWakeWordFeatures()
         chunk = 160
-        try:
-            for i in range(0, pcm.shape[0] - chunk + 1, chunk):
-                for f in feats.process_streaming(pcm[i:i + chunk].tobytes()):
-                    if det.process_streaming(f):
-                        return True
-        finally:
-            det.close()
-        return False
+        feats = MicroWakeWordFeatures()
+        frames = [f.copy() for i in range(0, pcm.shape[0] - chunk + 1, chunk)
+                  for f in feats.process_streaming(pcm[i:i + chunk].tobytes())]
+        for word in wake_words:
+            det = MicroWakeWord.from_builtin(Model(word))
+            try:
+                hits[word] = any(det.process_streaming(f) for f in frames)
+            finally:
+                det.close()
+        return hits
     if engine == "openwakeword":
-        from pyopen_wakeword import Model as OModel
-        from pyopen_wakeword import OpenWakeWord, OpenWakeWordFeatures
-
-        det = OpenWakeWord.from_builtin(OModel(wake_word))
-        feats = OpenWakeWordFeatures.from_builtin()
         chunk = 1280
-        try:
-            for i in range(0, pcm.shape[0] - chunk + 1, chunk):
-                for emb in feats.process_streaming(pcm[i:i + chunk].tobytes()):
-                    for prob in det.process_streaming(emb):
-                        if prob > OPENWAKEWORD_THRESHOLD:
-                            return True
-        finally:
-            det.close()
-            feats.close()
-        return False
-    raise ValueError(f"wake_word_detected: unknown engine {engine!r}, expected {WAKE_ENGINES}")
+        feats = _openwakeword(None)
+        embs = [e.copy() for i in range(0, pcm.shape[0] - chunk + 1, chunk)
+                for e in feats.process_streaming(pcm[i:i + chunk].tobytes())]
+        for word in wake_words:
+            det = _openwakeword(word)
+            hits[word] = any(p > OPENWAKEWORD_THRESHOLD for e in embs
+                             for p in det.process_streaming(e))
+        return hits
+    raise ValueError(f"wake_words_detected: unknown engine {engine!r}, expected {WAKE_ENGINES}")
+
+
+def wake_word_detected(signal: np.ndarray, wake_word: str, engine: str,
+                       fs_hz: int = 16000) -> bool:
+    """:func:`wake_words_detected` for one wake word."""
+    return wake_words_detected(signal, (wake_word,), engine, fs_hz)[wake_word]

@@ -87,7 +87,7 @@ def score(scenario: Scenario, estimate: np.ndarray, wake_words: tuple[str, ...])
                 metrics.wake_word_detected(est, scenario.wake_word, eng))
         elif wake_words:
             vals[f"false_accept_{eng}"] = float(
-                any(metrics.wake_word_detected(est, w, eng) for w in wake_words))
+                any(metrics.wake_words_detected(est, wake_words, eng).values()))
     for k in METRICS:
         if vals[k] is None and k not in why:
             why[k] = NEEDS.get(k, "not computed")
