@@ -90,11 +90,13 @@ def _python_dirs() -> list[str]:
 
 
 def _test_unit(config: Path, out: Path, alsa_conf: str, cache: Path, stall_after_s: float,
-               watchdog_s: int) -> str:
+               watchdog_s: int, alsa_dirs: list[Path]) -> str:
     """mica.service with the test's program, config, shorter timers and fault injection.
 
     Everything else (Type=notify, Restart=on-failure, the hardening, Cache/StateDirectory=)
     stays as shipped, so the test also shows mica runs under the unit's sandbox.
+    ``alsa_dirs``: folders the fake ALSA config reads (its own, and the plugin's and raw
+    files', which CI builds before the tests in a folder of its own).
     """
     lines = []
     for line in UNIT.read_text().splitlines():
@@ -123,7 +125,7 @@ def _test_unit(config: Path, out: Path, alsa_conf: str, cache: Path, stall_after
                 "StandardError=inherit",
                 # the test's files live under /tmp and /root (PrivateTmp, ProtectHome hide them)
                 f"BindReadOnlyPaths={' '.join(_python_dirs())} {REPO} {config.parent} "
-                f"{Path(alsa_conf).parent}",
+                f"{' '.join(sorted({str(d) for d in alsa_dirs}))}",
                 f"BindPaths={cache} {out}",
             ]
     return "\n".join(lines) + "\n"
@@ -177,7 +179,8 @@ enabled = false
 enabled = false
 """)
     (units / "mica.service").write_text(
-        _test_unit(config, out, str(fake_alsa.conf_path), cache, stall_after_s, watchdog_s))
+        _test_unit(config, out, str(fake_alsa.conf_path), cache, stall_after_s, watchdog_s,
+                   [fake_alsa.conf_path.parent, *(c.parent for c in fake_alsa.base_confs)]))
     (units / "mica-probe.service").write_text(_probe_unit(out, budget_s - 10))
     (units / "mica-test.target").write_text(
         "[Unit]\nDefaultDependencies=no\nRequires=mica.service mica-probe.service\n")
