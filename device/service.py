@@ -207,6 +207,7 @@ class Service:
             self.wyoming = WyomingMicServer(cfg.mqtt.wyoming_uri, cfg.dsp.fs_hz, cfg.device.id)
         self.board = BoardSampler(spool_dir=cfg.mqtt.spool_dir or None)
         self._stop = threading.Event()
+        self._stop_requested_at: float | None = None
         self._finished = threading.Event()
         self._threads: list[threading.Thread] = []
         self._source: Source | None = None
@@ -338,6 +339,8 @@ class Service:
 
     def request_stop(self) -> None:
         """Ask every thread to finish (safe from a signal handler)."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         self._stop.set()
 
     def wait(self, timeout_s: float | None = None) -> bool:
@@ -353,7 +356,7 @@ class Service:
     def stop(self, timeout_s: float = 1.0) -> None:
         """Drain the queues, publish ``offline`` and join the threads (within ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
-        self._stop.set()
+        self.request_stop()
         self.notifier.stopping()
         self.governor_loop.stop()
         for thread in self._threads:
@@ -364,9 +367,10 @@ class Service:
             self.wyoming.stop()
         if self.link is not None:
             self.link.stop(timeout_s=max(0.1, deadline - time.monotonic()))
-        log.info("stopped: %d blocks, %d xruns, %d dropped at capture, %d dropped at output",
-                 self.blocks_total, self.xruns_total, self.ring.dropped_total,
-                 self.out.dropped_total)
+        assert self._stop_requested_at is not None
+        log.info("stopped in %.3f s: %d blocks, %d xruns, %d dropped at capture, %d dropped "
+                 "at output", time.monotonic() - self._stop_requested_at, self.blocks_total,
+                 self.xruns_total, self.ring.dropped_total, self.out.dropped_total)
 
     # ------------------------------------------------------------------ threads
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,9 +19,11 @@ import soundfile as sf
 
 from mica.array_dsp.enhancer import Enhancer
 
-STOP_BOUND_S = 2.0
-"""SIGTERM to process exit; the service's own budget is 1 s, the rest is interpreter exit and
-slack for a loaded 2-core machine."""
+SERVICE_STOP_S = 1.0
+"""The daemon's budget from SIGTERM to queues flushed and ``offline`` sent (its own log line)."""
+EXIT_BOUND_S = 10.0
+"""SIGTERM to process exit, interpreter teardown included: only a guard against a hang (a
+loaded 2-core machine has taken 2-3 s here)."""
 
 TELEMETRY_FIELDS = ("uptime_seconds", "process_cpu_percent", "process_rss_bytes",
                     "real_time_factor", "xruns_total", "dropped_blocks_total", "blocks_total",
@@ -125,7 +128,9 @@ def test_daemon_on_fake_alsa_and_real_broker(fake_alsa, mqtt_broker, mqtt_subscr
     sub = mqtt_subscriber(f"{base}/#")
     msgs, stop_s, log = _run_daemon(config, sub, base, n_chunks=60)
     _check_contract(msgs, base, channels)
-    assert stop_s < STOP_BOUND_S, f"took {stop_s:.2f} s to stop after SIGTERM\n{log}"
+    service_stop_s = float(re.search(r"stopped in ([0-9.]+) s", log).group(1))
+    assert service_stop_s < SERVICE_STOP_S, f"service took {service_stop_s:.2f} s to stop\n{log}"
+    assert stop_s < EXIT_BOUND_S, f"process took {stop_s:.2f} s to exit after SIGTERM\n{log}"
 
 
 def test_daemon_output_equals_the_offline_chain(fake_alsa, mqtt_broker, mqtt_subscriber,
