@@ -687,12 +687,22 @@ class Service:
             reply({"quality_level": self.governor.level_name,
                    "quality_level_index": self.governor.level})
         elif name == "zone":
-            set_zone = getattr(self, "set_zone", None)
-            if set_zone is None:
-                reply(error=CommandError("not_supported", "zones are not available in this "
-                                         "version"))
+            zones = self.cfg.dsp.zones
+            if args["zone"] not in zones:
+                known = ", ".join(sorted(zones)) or "none configured in [dsp.zones]"
+                reply(error=CommandError("bad_payload", f"unknown zone {args['zone']!r}; "
+                                         f"zones: {known}"))
                 return
-            reply(set_zone(args["zone"]) or {"zone": args["zone"]})
+            azimuth_deg, elevation_deg = zones[args["zone"]]
+            zone = args["zone"]
+
+            def zone_reply(result: dict[str, Any] | None = None, **kw: Any) -> None:
+                reply({"zone": zone, **result} if result is not None else None, **kw)
+
+            with self._steer_lock:  # the beam moves in the DSP thread, as for `steer`
+                self._steer_requests.append((float(azimuth_deg), float(elevation_deg),
+                                             zone_reply))
+            return
         elif name == "reload":
             try:
                 reply(self._reload())

@@ -228,6 +228,7 @@ def service(mqtt_broker, tmp_path: Path):
                  "telemetry_interval_s": 0.2,
                  "commands_allowed": ["mute", "unmute", "steer", "zone", "quality", "audio"]},
         "governor": {"enabled": False},
+        "dsp": {"zones": {"driver": [30.0, 0.0], "passenger": [150.0, 5.0]}},
     }, tmp_path)
     svc = Service(cfg)
     svc.start()
@@ -268,9 +269,15 @@ def test_daemon_answers_every_random_command_and_stays_up(service, mqtt_broker,
             levels[-1]
         assert req.call("quality", {"level": 0})["result"]["quality_level_index"] == 0
         assert req.call("quality", {"level": "ultra"})["error"]["code"] == "bad_payload"
-        # zones are not built yet: a clear error
-        zone = req.call("zone", {"zone": "driver"})
-        assert zone["error"]["code"] == "not_supported"
+        # zone: a configured look direction, applied by the DSP thread; an unknown one
+        zone = req.call("zone", {"zone": "passenger", "id": "z1"})
+        assert zone == {"command": "zone", "ok": True, "id": "z1",
+                        "result": {"zone": "passenger", "steer_azimuth_deg": 150.0,
+                                   "steer_elevation_deg": 5.0}}
+        assert service.enhancer.steer_azimuth_deg == 150.0
+        unknown = req.call("zone", {"zone": "trunk"})
+        assert unknown["error"]["code"] == "bad_payload"
+        assert "driver" in unknown["error"]["message"]
 
         # after the random ones: audio on, not muted
         req.call("unmute", {})
