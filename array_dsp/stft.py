@@ -119,6 +119,9 @@ class StreamingStft:
         self._history = np.zeros((self.n_channels, self.frame_samples), np.float32)
         self._frames = np.zeros((self.n_channels, self.frame_samples), np.float32)
         self._spec = np.zeros((self.n_channels, self.n_bins), np.complex64)
+        # numpy's pocketfft works in double: own double buffers, so no block allocates one
+        self._frames64 = np.zeros((self.n_channels, self.frame_samples), np.float64)
+        self._spec128 = np.zeros((self.n_channels, self.n_bins), np.complex128)
 
     def process(self, block: np.ndarray) -> np.ndarray:
         """Analyse one ``(n_ch, R)`` float32 block; return ``(n_ch, R + 1)`` complex64.
@@ -128,7 +131,9 @@ class StreamingStft:
         """
         block = check_array(block, "block", (self.n_channels, self.hop_samples), np.float32)
         analysis_kernel(self._history, block, self.window, self._frames)
-        _rfft_into(self._frames, self._spec)
+        np.copyto(self._frames64, self._frames)
+        _rfft_into(self._frames64, self._spec128)
+        np.copyto(self._spec, self._spec128, casting="same_kind")
         return self._spec
 
     def reset(self) -> None:
@@ -197,6 +202,8 @@ class StreamingIstft:
         self.latency_samples = stft_latency_samples(self.hop_samples)
         self.window = sqrt_hann(self.frame_samples)
         self._frame = np.zeros(self.frame_samples, np.float32)
+        self._spec128 = np.zeros(self.n_bins, np.complex128)  # double FFT buffers (see above)
+        self._frame64 = np.zeros(self.frame_samples, np.float64)
         self._overlap = np.zeros(self.frame_samples, np.float32)
         self._out = np.zeros(self.hop_samples, np.float32)
 
@@ -207,7 +214,9 @@ class StreamingIstft:
         to keep it.
         """
         spec = check_array(spec, "spec", (self.n_bins,), np.complex64)
-        _irfft_into(spec, self.frame_samples, self._frame)
+        np.copyto(self._spec128, spec)
+        _irfft_into(self._spec128, self.frame_samples, self._frame64)
+        np.copyto(self._frame, self._frame64, casting="same_kind")
         synthesis_kernel(self._frame, self.window, self._overlap, self._out)
         return self._out
 

@@ -51,9 +51,6 @@ def test_enhancer_keeps_nothing_per_block(beamformer: str) -> None:
     assert kept < 1024, f"{kept} bytes kept after 2000 blocks"
 
 
-@pytest.mark.xfail(strict=True, reason="numpy.fft.rfft on the float32 frames makes a float64 "
-                   "copy and a complex128 result every block (~22 KB; array_dsp/stft.py): "
-                   "keep float64/complex128 FFT buffers and cast into the complex64 spectrum")
 def test_enhancer_allocates_no_block_sized_temporaries() -> None:
     enh = Enhancer(GEOMETRY)
     enh.warmup()
