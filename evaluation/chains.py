@@ -3,9 +3,10 @@ streaming :class:`mica.array_dsp.enhancer.Enhancer`.
 
 :func:`mica_methods` enumerates one :class:`~mica.evaluation.peers.Method` per beamformer
 in ``mica.array_dsp.enhancer.BEAMFORMERS`` (just ``"das"`` on an Enhancer that predates
-that tuple) times each denoiser variant in ``DENOISERS`` when the enhancer module exports
-one (``"off"`` is always included; the variant is passed as ``denoiser=``). Names are
-``mica-<beamformer>`` and ``mica-<beamformer>+<denoiser>``.
+that tuple), plus each denoiser of ``mica.models.postfilter.DENOISERS`` after the
+beamformers in :data:`DENOISED_BEAMFORMERS` (the post-filter is built by
+``make_postfilter`` and passed as ``postfilter=``: array_dsp cannot import models). Names
+are ``mica-<beamformer>`` and ``mica-<beamformer>+<denoiser>``.
 
 Every chain is steered at the scenario's target direction, its output is phase-aligned to
 the scenario's reference microphone and time-aligned by removing the enhancer's own
@@ -26,6 +27,10 @@ from mica.evaluation.scenarios import FS_HZ, Scenario
 HOP_SAMPLES = 160
 """Block length of the chains (10 ms at 16 kHz, the daemon's default)."""
 
+DENOISED_BEAMFORMERS = ("mvdr",)
+"""Beamformers that are also evaluated with each denoiser (the governor's best levels);
+every combination would multiply the run time for little information."""
+
 
 def _enhancer_module():
     from mica.array_dsp import enhancer
@@ -39,9 +44,10 @@ def beamformers() -> tuple[str, ...]:
 
 
 def denoisers() -> tuple[str, ...]:
-    """Denoiser variants (``"off"`` first) the installed Enhancer accepts."""
-    found = tuple(getattr(_enhancer_module(), "DENOISERS", ()))
-    return ("off",) + tuple(d for d in found if d not in ("off", "none", None))
+    """Denoiser variants, ``"off"`` first (``mica.models.postfilter.DENOISERS``)."""
+    from mica.models.postfilter import DENOISERS
+
+    return ("off",) + tuple(d for d in DENOISERS if d != "off")
 
 
 def _init_params() -> set[str]:
@@ -64,7 +70,9 @@ def make_enhancer(scenario: Scenario, beamformer: str = "das", denoiser: str = "
     elif beamformer != "das":
         raise ValueError(f"this Enhancer has no beamformer {beamformer!r}")
     if denoiser != "off":
-        kwargs["denoiser"] = denoiser
+        from mica.models.postfilter import make_postfilter
+
+        kwargs["postfilter"] = make_postfilter(denoiser, hop_samples + 1)
     if track_doa and "track_doa" in params:
         kwargs["track_doa"] = True
     return mod.Enhancer(scenario.geometry_m, **kwargs)
@@ -95,17 +103,19 @@ def run_chain(scenario: Scenario, beamformer: str = "das", denoiser: str = "off"
 
 
 def mica_methods() -> list[Method]:
-    """One method per beamformer x denoiser variant (see the module docstring)."""
+    """Each beamformer alone, and the denoisers after :data:`DENOISED_BEAMFORMERS`."""
+    combos = [(bf, "off") for bf in beamformers()]
+    combos += [(bf, dn) for bf in DENOISED_BEAMFORMERS if bf in beamformers()
+               for dn in denoisers() if dn != "off"]
     methods = []
-    for bf in beamformers():
-        for dn in denoisers():
-            name = f"mica-{bf}" if dn == "off" else f"mica-{bf}+{dn}"
+    for bf, dn in combos:
+        name = f"mica-{bf}" if dn == "off" else f"mica-{bf}+{dn}"
 
-            def run(sc: Scenario, bf: str = bf, dn: str = dn) -> tuple[np.ndarray, dict]:
-                return run_chain(sc, bf, dn)
+        def run(sc: Scenario, bf: str = bf, dn: str = dn) -> tuple[np.ndarray, dict]:
+            return run_chain(sc, bf, dn)
 
-            methods.append(Method(name, "mica", run,
-                                  description=f"mica Enhancer: {bf} beamformer, denoiser {dn}"))
+        methods.append(Method(name, "mica", run,
+                              description=f"mica Enhancer: {bf} beamformer, denoiser {dn}"))
     return methods
 
 
