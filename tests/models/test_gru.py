@@ -73,6 +73,7 @@ def test_numba_matches_live_torch(bundle) -> None:
     """Needs the ``train`` extra (torch): ``pip install -e '.[train]' && pytest -m train``.
     CI, which has no torch, checks the stored torch pair above instead."""
     import torch
+
     from mica.models.train.net import BandGainNet
 
     a = bundle.arrays
