@@ -111,7 +111,8 @@ def _demo_config(wav: Path, geometry: Path, host: str, port: int, use_mqtt: bool
         "capture": {"source": "wav", "wav_path": str(wav), "channels": n_ch,
                     "fs_hz": sf.info(str(wav)).samplerate, "wav_realtime": True},
         "array": {"geometry_file": str(geometry)},
-        "dsp": {"steer_azimuth_deg": azimuth, "steer_elevation_deg": elevation},
+        "dsp": {"steer_azimuth_deg": azimuth, "steer_elevation_deg": elevation,
+                "beamformer": "mvdr", "denoiser": "mmse"},  # the product's best chain
         "mqtt": {"enabled": use_mqtt, "host": host, "port": port, "audio_enabled": True,
                  "audio_chunk_ms": 20, "telemetry_interval_s": 1.0},
     }, Path.cwd(), "demo")
@@ -155,7 +156,8 @@ def run_demo(input_wav: Path | None = None, array_json: Path | None = None,
         local: list[np.ndarray] = []
         service = Service(cfg, audio_sink=None if use_mqtt else local.append)
         print(f"mica demo: replaying {input_wav.name} ({cfg.capture.channels} ch) in real time, "
-              f"beam at {cfg.dsp.steer_azimuth_deg:.0f} deg, algorithmic latency "
+              f"{cfg.dsp.beamformer.upper()} + {cfg.dsp.denoiser.upper()} beam at "
+              f"{cfg.dsp.steer_azimuth_deg:.0f} deg, algorithmic latency "
               f"{1e3 * service.latency_s:.0f} ms; telemetry every "
               f"{cfg.mqtt.telemetry_interval_s:.0f} s:")
         service.start()
