@@ -520,35 +520,6 @@ def _with_board_profile(data: dict, board: str | None) -> dict:
     return merged
 
 
-def _with_board_profile(data: dict, board: str | None) -> dict:
-    """``data`` over the defaults of board profile ``board`` (or of ``device.board`` when it
-    names a built-in profile): the profile fills ``[capture]`` and ``[array]``, every key the
-    file sets wins. An unknown ``device.board`` stays a plain label; an unknown ``board``
-    argument (``mica run --board``) is an error."""
-    from mica.calibration.profiles import ProfileError, list_profiles, load_profile
-
-    device = data.get("device") if isinstance(data.get("device"), dict) else {}
-    name = board or device.get("board")
-    if not isinstance(name, str) or (board is None and name not in list_profiles()):
-        return data
-    try:
-        defaults = load_profile(name).config_defaults()
-    except ProfileError as err:
-        raise ConfigError([f"device.board: {err}"]) from err
-    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    user_array = merged.get("array", {}) if isinstance(merged.get("array"), dict) else {}
-    if user_array.get("geometry_file") or user_array.get("geometry_m"):
-        defaults["array"].pop("geometry_m")  # the file's own geometry replaces the profile's
-        if "mic_channels" not in user_array:
-            defaults["array"].pop("mic_channels")
-    for section, keys in defaults.items():
-        table = merged.get(section, {})
-        if isinstance(table, dict):
-            merged[section] = {**keys, **table}
-    merged["device"] = {**device, "board": name}
-    return merged
-
-
 def parse_config(data: dict, base_dir: Path, source: str = "config",
                  board: str | None = None) -> Config:
     """Build a :class:`Config` from an already parsed TOML mapping; raise on any problem.
