@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from mica.models import split
 from mica.models.features import NORM_ALPHA, erb_weights, features_reference
 from mica.models.gru import count_macs_per_frame, count_params
 from mica.models.train.net import BandGainNet
+
+log = logging.getLogger(__name__)
 
 FS, HOP = 16000, 160
 
@@ -124,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gain-floor-db", type=float, default=-25.0)
     ap.add_argument("--metrics", type=Path, help="JSON file of benchmark metrics for the card")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
     path = export(args.ckpt, args.out, args.name, args.version, args.gain_floor_db, metrics,
                   command=None)
-    print(path, "written;", shlex.join(["card:", str(path.with_suffix(".json"))]))
+    log.info("%s written; card: %s", path, path.with_suffix(".json"))
     return 0
 
 
