@@ -76,6 +76,20 @@ def _frames(x: np.ndarray, frame: int, delay: int) -> tuple[np.ndarray, int]:
     return padded, n
 
 
+def _process_frames(padded: np.ndarray, hop: int, process_frame) -> np.ndarray:
+    """Run a C frame processor over ``padded`` (whole frames of ``hop``); returns its output.
+
+    ``process_frame(inp_ptr, out_ptr)`` gets ``float*`` pointers to one input and one output
+    frame, as the peers' C APIs take them.
+    """
+    out = np.empty_like(padded)
+    fptr = ctypes.POINTER(ctypes.c_float)
+    for i in range(0, padded.shape[0], hop):
+        inp = np.ascontiguousarray(padded[i:i + hop])
+        process_frame(inp.ctypes.data_as(fptr), out[i:i + hop].ctypes.data_as(fptr))
+    return out
+
+
 # -- DeepFilterNet3 ---------------------------------------------------------------------
 
 def deepfilternet3(x: np.ndarray, atten_lim_db: float = 100.0) -> np.ndarray:
@@ -100,12 +114,8 @@ def deepfilternet3(x: np.ndarray, atten_lim_db: float = 100.0) -> np.ndarray:
         # DeepFilterNet3 looks ahead by 2 frames plus the STFT overlap (960 - 480 samples).
         delay = 3 * hop
         padded, n = _frames(x48, hop, delay)
-        out = np.empty_like(padded)
-        fptr = ctypes.POINTER(ctypes.c_float)
-        for i in range(0, padded.shape[0], hop):
-            inp = np.ascontiguousarray(padded[i:i + hop])
-            o = out[i:i + hop]
-            lib.df_process_frame(state, inp.ctypes.data_as(fptr), o.ctypes.data_as(fptr))
+        out = _process_frames(padded, hop,
+                              lambda inp, o: lib.df_process_frame(state, inp, o))
     finally:
         lib.df_free(state)
     return _resample(out[delay:delay + n], 48000, FS_HZ)[: x.shape[0]]
@@ -124,12 +134,8 @@ def rnnoise(x: np.ndarray) -> np.ndarray:
         x48 = _resample(x, FS_HZ, 48000) * 32767.0
         delay = 2 * hop  # measured: RNNoise's output lags its input by two frames (20 ms)
         padded, n = _frames(x48, hop, delay)
-        out = np.empty_like(padded)
-        fptr = ctypes.POINTER(ctypes.c_float)
-        for i in range(0, padded.shape[0], hop):
-            inp = np.ascontiguousarray(padded[i:i + hop])
-            o = out[i:i + hop]
-            lib.rnnoise_process_frame(state, o.ctypes.data_as(fptr), inp.ctypes.data_as(fptr))
+        out = _process_frames(padded, hop,
+                              lambda inp, o: lib.rnnoise_process_frame(state, o, inp))
     finally:
         rn.destroy(state)
     return _resample(out[delay:delay + n] / 32767.0, 48000, FS_HZ)[: x.shape[0]]
