@@ -31,15 +31,7 @@ def si_sdr_db(estimate: np.ndarray, reference: np.ndarray) -> float:
     ``ValueError`` for shapes that differ or are not 1-D, non-finite samples, or a
     reference with no energy (the metric is undefined).
     """
-    est = np.asarray(estimate, dtype=np.float64)
-    ref = np.asarray(reference, dtype=np.float64)
-    if est.ndim != 1 or ref.ndim != 1 or est.shape != ref.shape:
-        raise ValueError(
-            f"si_sdr_db: estimate and reference must be 1-D of the same length, "
-            f"got {est.shape} and {ref.shape}"
-        )
-    if not (np.isfinite(est).all() and np.isfinite(ref).all()):
-        raise ValueError("si_sdr_db: non-finite samples")
+    est, ref = _pair(estimate, reference, "si_sdr_db")
     est = est - est.mean()
     ref = ref - ref.mean()
     ref_energy = float(ref @ ref)
