@@ -137,7 +137,9 @@ def random_eq(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     y = scipy.signal.sosfilt(sos, x) if k else x
     fc = rng.uniform(300, 6000)
     g = 10 ** (rng.uniform(-9, 9) / 20)
-    b, a = scipy.signal.iirpeak(fc, rng.uniform(0.7, 3), fs=FS)
+    # A band edge past Nyquist makes iirpeak unstable (v1 saw overflows): Q >= fc / 3 kHz.
+    q = max(rng.uniform(0.7, 3), fc / 3000.0)
+    b, a = scipy.signal.iirpeak(fc, q, fs=FS)
     return (y + (g - 1) * scipy.signal.lfilter(b, a, y)).astype(np.float32)
 
 
@@ -173,9 +175,14 @@ def _reverb(rng: np.random.Generator, x: np.ndarray, rir: np.ndarray) -> tuple[n
     return wet.astype(np.float32), tgt.astype(np.float32)
 
 
-def make_example(rng: np.random.Generator, src: Sources, n_samples: int
+def make_example(rng: np.random.Generator, src: Sources, n_samples: int,
+                 p_clean: float = 0.05, p_high_snr: float = 0.0
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """One ``(noisy, target)`` pair of ``n_samples`` float32 each."""
+    """One ``(noisy, target)`` pair of ``n_samples`` float32 each.
+
+    ``p_clean``: share of clean-only examples (target = input: do no harm); ``p_high_snr``:
+    share of examples at 20-40 dB SNR (the rest -5..20 dB); 5 % are noise only.
+    """
     n = n_samples
     speech = src.speech[int(rng.integers(len(src.speech)))]
     s = _segment(rng, speech, n)
@@ -201,9 +208,11 @@ def make_example(rng: np.random.Generator, src: Sources, n_samples: int
     pn = float(np.mean(noise ** 2)) + 1e-10
     mode = rng.random()
     snr_db = rng.uniform(-5, 20)
-    if mode < 0.05:  # clean speech: do no harm
+    if rng.random() < p_high_snr:
+        snr_db = rng.uniform(20, 40)
+    if mode < p_clean:  # clean speech: do no harm
         noise = noise * 0.0
-    elif mode < 0.1:  # noise only
+    elif mode < p_clean + 0.05:  # noise only
         s, target = s * 0.0, target * 0.0
     noise = noise * math.sqrt(ps / pn / 10 ** (snr_db / 10))
     noisy = s + noise
@@ -216,12 +225,13 @@ def make_example(rng: np.random.Generator, src: Sources, n_samples: int
 
 
 def make_batch(seed: int, step: int, src: Sources, batch: int, n_frames: int,
-               weights: np.ndarray) -> dict[str, np.ndarray]:
+               weights: np.ndarray, p_clean: float = 0.05, p_high_snr: float = 0.0
+               ) -> dict[str, np.ndarray]:
     """Features ``(B, T, F)``, noisy and target magnitudes ``(B, T, n_bins)``."""
     rng = np.random.default_rng([seed, step])
     feats, ymag, smag = [], [], []
     for _ in range(batch):
-        noisy, target = make_example(rng, src, n_frames * HOP)
+        noisy, target = make_example(rng, src, n_frames * HOP, p_clean, p_high_snr)
         y = stft_reference(noisy[None], HOP)[:, 0]
         s = stft_reference(target[None], HOP)[:, 0]
         feats.append(features_reference(y[None], weights))

@@ -27,7 +27,8 @@ from mica.models.train.net import BandGainNet
 log = logging.getLogger("mica.models.train")
 
 
-def loss_fn(g: torch.Tensor, batch: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+def loss_fn(g: torch.Tensor, batch: dict[str, torch.Tensor], w: torch.Tensor,
+            harm_weight: float = 0.5) -> torch.Tensor:
     """Band-gain MSE on sqrt gains + compressed-magnitude MSE + over-suppression penalty."""
     ymag, smag = batch["ymag"], batch["smag"]
     e_y = (ymag ** 2) @ w.T
@@ -38,7 +39,7 @@ def loss_fn(g: torch.Tensor, batch: dict[str, torch.Tensor], w: torch.Tensor) ->
     g_bin = g @ w
     l_mag = torch.mean(((g_bin * ymag + 1e-8) ** 0.3 - (smag + 1e-8) ** 0.3) ** 2)
     harm = torch.relu(torch.sqrt(g_t) - sqrt_g) ** 2 * (g_t > 0.5)
-    return l_gain + 2.0 * l_mag + 0.5 * torch.mean(harm)
+    return l_gain + 2.0 * l_mag + harm_weight * torch.mean(harm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="draw a fresh batch of mixtures every N steps; each step trains on "
                          "examples sampled from the last --pool fresh batches")
     ap.add_argument("--pool", type=int, default=6)
+    ap.add_argument("--p-clean", type=float, default=0.05,
+                    help="share of clean-only examples (do no harm)")
+    ap.add_argument("--p-high-snr", type=float, default=0.0,
+                    help="share of examples at 20-40 dB SNR instead of -5..20 dB")
+    ap.add_argument("--harm-weight", type=float, default=0.5,
+                    help="weight of the over-suppression penalty (bands with ideal gain > 0.5)")
+    ap.add_argument("--init", type=Path,
+                    help="start from this checkpoint's model weights (fresh optimizer and "
+                         "schedule); ignored when OUT/last.pt exists (resume)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -81,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         sched.load_state_dict(ck["sched"])
         step = ck["step"]
         log.info("resumed from %s at step %d", last, step)
+    elif args.init is not None:
+        model.load_state_dict(torch.load(args.init, weights_only=False)["model"])
+        log.info("initialised from %s", args.init)
     log.info("model: %d parameters", model.n_params())
     src = Sources.load(args.corpus, args.out / "espeak", args.n_espeak, args.seed)
     w_t = torch.from_numpy(weights)
     val = {k: torch.from_numpy(v) for k, v in
-           make_batch(args.seed + 999, 0, src, 32, args.frames, weights).items()}
+           make_batch(args.seed + 999, 0, src, 32, args.frames, weights,
+                                args.p_clean, args.p_high_snr).items()}
     ema = None
     best_val = float("inf")
     if (args.out / "best.pt").exists():
@@ -94,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def fresh(k: int) -> dict[str, np.ndarray]:
         if k not in pool:
-            pool[k] = make_batch(args.seed, k, src, args.batch, args.frames, weights)
+            pool[k] = make_batch(args.seed, k, src, args.batch, args.frames, weights,
+                                 args.p_clean, args.p_high_snr)
             for old in [j for j in pool if j <= k - args.pool]:
                 del pool[old]
         return pool[k]
@@ -112,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = {name: torch.from_numpy(np.stack([batches[b][name][i] for b, i in pick]))
                  for name in ("feats", "ymag", "smag")}
         model.train()
-        loss = loss_fn(model(batch["feats"]), batch, w_t)
+        loss = loss_fn(model(batch["feats"]), batch, w_t, args.harm_weight)
         opt.zero_grad()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -127,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.ckpt_every == 0 or done:
             model.eval()
             with torch.no_grad():
-                vloss = loss_fn(model(val["feats"]), val, w_t).item()
+                vloss = loss_fn(model(val["feats"]), val, w_t, args.harm_weight).item()
             state = {"model": model.state_dict(), "opt": opt.state_dict(),
                      "sched": sched.state_dict(), "step": step, "args": vars(args) | {
-                         "out": str(args.out), "corpus": str(args.corpus)},
+                         "out": str(args.out), "corpus": str(args.corpus),
+                         "init": str(args.init) if args.init else None},
                      "val_loss": vloss}
             torch.save(state, args.out / "tmp.pt")
             os.replace(args.out / "tmp.pt", last)
