@@ -1,6 +1,6 @@
 """Denoise benchmark: mica's denoisers (mmse, model; single-channel and array mode) vs peers.
 
-    python benchmarks/denoise.py [--quick] [--json OUT.json] [--no-dnsmos]
+    python benchmarks/denoise.py [--quick] [--json OUT.json] [--no-dnsmos] [--bundle B.npz]
 
 Held-apart real speech (never trained on: :mod:`mica.models.split`) mixed with held-apart
 real noise at 0, 5 and 10 dB SNR:
@@ -16,7 +16,11 @@ real noise at 0, 5 and 10 dB SNR:
   harm: PESQ and SI-SDR against the input).
 
 Prints PESQ-wb, STOI, SI-SDR (dB), DNSMOS OVRL and the real-time factor (processing time
-over audio time, one thread, this machine) averaged per method and SNR. Metrics come from
+over audio time, one thread, this machine; for mica rows the whole streaming STFT ->
+post-filter -> ISTFT chain) averaged per method and SNR, then the model stage's own RTF
+(:meth:`GruDenoiser.process` per 10 ms frame, beside the bare STFT/ISTFT chain).
+``--bundle`` adds rows for other weights bundles (``mica-model[<stem>]``) to compare
+model versions in one run. Metrics come from
 :mod:`mica.evaluation.metrics`; peers need the ``.[eval]`` extra (a missing one is listed
 with the reason and skipped).
 """
@@ -117,14 +121,55 @@ def array_scenarios(corpus: Path, quick: bool) -> list[Scenario]:
     return out
 
 
-def mica_single(kind: str) -> Callable[[Scenario], np.ndarray]:
+def mica_single(kind: str, bundle: str | None = None) -> Callable[[Scenario], np.ndarray]:
     def run(sc: Scenario) -> np.ndarray:
-        return denoise_signal(sc.reference_mic_signal, make_postfilter(kind, 161))
+        return denoise_signal(sc.reference_mic_signal, make_postfilter(kind, 161, bundle))
 
     return run
 
 
-def mica_array(beamformer: str, kind: str) -> Callable[[Scenario], np.ndarray]:
+def stage_rtf(scenes: list[Scenario], bundle: str | None = None) -> dict[str, float]:
+    """Seconds per second of audio of the model stage alone (``GruDenoiser.process`` on the
+    scenes' STFT frames, one thread) and of the bare streaming STFT -> ISTFT chain.
+
+    Both as wall time and as this thread's CPU time (``time.thread_time``): on a shared,
+    loaded machine the wall time counts other processes' slices, the CPU time does not.
+    """
+    from mica.array_dsp.stft import StreamingIstft, StreamingStft
+    from mica.models.gru import GruDenoiser, load_bundle
+
+    pf = GruDenoiser(load_bundle(bundle), 161)
+    pf.warmup()
+    wall = {"model": 0.0, "chain": 0.0}
+    cpu = {"model": 0.0, "chain": 0.0}
+    audio_s = 0.0
+    for sc in scenes:
+        x = sc.reference_mic_signal.astype(np.float32)
+        n = (x.shape[0] // 160) * 160
+        blocks = x[None, :n].reshape(1, -1, 160)
+        stft, istft = StreamingStft(1, 160), StreamingIstft(160)
+        specs = np.empty((blocks.shape[1], 161), np.complex64)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for b in range(blocks.shape[1]):
+            specs[b] = stft.process(np.ascontiguousarray(blocks[:, b]))[0]
+            istft.process(specs[b])
+        wall["chain"] += time.perf_counter() - t0
+        cpu["chain"] += time.thread_time() - c0
+        pf.reset()
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for b in range(specs.shape[0]):
+            pf.process(specs[b])
+        wall["model"] += time.perf_counter() - t0
+        cpu["model"] += time.thread_time() - c0
+        audio_s += n / FS_HZ
+    return {"model_rtf": wall["model"] / audio_s, "model_cpu_rtf": cpu["model"] / audio_s,
+            "stft_istft_rtf": wall["chain"] / audio_s,
+            "stft_istft_cpu_rtf": cpu["chain"] / audio_s,
+            "model_cpu_us_per_frame": 1e6 * cpu["model"] / (audio_s * 100)}
+
+
+def mica_array(beamformer: str, kind: str, bundle: str | None = None
+               ) -> Callable[[Scenario], np.ndarray]:
     from mica.array_dsp.enhancer import Enhancer
 
     def run(sc: Scenario) -> np.ndarray:
@@ -132,7 +177,7 @@ def mica_array(beamformer: str, kind: str) -> Callable[[Scenario], np.ndarray]:
                        steer_azimuth_deg=sc.target_azimuth_deg,
                        steer_elevation_deg=sc.target_elevation_deg,
                        reference_channel=sc.reference_channel, beamformer=beamformer,
-                       postfilter=make_postfilter(kind, 161))
+                       postfilter=make_postfilter(kind, 161, bundle))
         enh.warmup()
         return enhance_signal(sc.mixture.astype(np.float32), enh)
 
@@ -230,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS (the slowest metric)")
     ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     ap.add_argument("--skip-array", action="store_true")
+    ap.add_argument("--skip-peers", action="store_true", help="mica's methods only")
+    ap.add_argument("--bundle", action="append", default=[], type=Path,
+                    help="also run this weights bundle (.npz), row mica-model[<stem>]; "
+                         "repeatable")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -237,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_held_apart(corpus)
     with_dnsmos = not args.no_dnsmos
     peers = []
-    for m in peer_methods():
+    for m in [] if args.skip_peers else peer_methods():
         if m.kind != "single":
             continue
         why = m.available()
@@ -248,12 +297,21 @@ def main(argv: list[str] | None = None) -> int:
     single = single_scenarios(corpus, args.quick)
     noisy = [("noisy", lambda sc: sc.reference_mic_signal.astype(np.float32))]
     mica = [("mica-mmse", mica_single("mmse")), ("mica-model", mica_single("model"))]
+    mica += [(f"mica-model[{b.stem}]", mica_single("model", str(b))) for b in args.bundle]
     report: dict = {"snrs_db": SNRS_DB, "single_speech": SINGLE_SPEECH, "noises": NOISES}
     res = run_section("single channel", single, noisy + mica + peers, with_dnsmos)
     clean = clean_section(single, noisy + mica + peers)
     print_table(f"single channel: {len(single)} held-apart mixtures (speech x noise x SNR)",
                 res, clean)
     report["single"], report["clean"] = res, clean
+    report["model_stage"] = {"default": stage_rtf(single)}
+    report["model_stage"] |= {b.stem: stage_rtf(single, str(b)) for b in args.bundle}
+    print()
+    for name, r in report["model_stage"].items():
+        print(f"model stage alone ({name}): {r['model_cpu_us_per_frame']:.1f} us CPU per 10 ms "
+              f"frame = RTF {r['model_cpu_rtf']:.4f} (wall {r['model_rtf']:.4f}); bare "
+              f"STFT+ISTFT chain RTF {r['stft_istft_cpu_rtf']:.4f} "
+              f"(wall {r['stft_istft_rtf']:.4f})")
     if not args.skip_array:
         from mica.array_dsp.enhancer import BEAMFORMERS
 
@@ -264,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         if "mvdr" in BEAMFORMERS:
             arr += [("mica-mvdr", mica_array("mvdr", "off")),
                     ("mica-mvdr+model", mica_array("mvdr", "model"))]
+            arr += [(f"mica-mvdr+model[{b.stem}]", mica_array("mvdr", "model", str(b)))
+                    for b in args.bundle]
         mic0 = [("mica-model(mic0)", mica_single("model"))]
         mic0 += [(f"{n}(mic0)", fn) for n, fn in peers if n == "deepfilternet3"]
         res_a = run_section("array", scenes, noisy + arr + mic0, with_dnsmos)

@@ -2,9 +2,9 @@
 
     python -m mica.models.train.export --ckpt /tmp/mica-train/last.pt --out models/data
 
-writes ``denoiser-v1.npz`` + ``denoiser-v1.json`` and ``denoiser-v1-reference.npz`` (a short
-noisy input spectrum, the torch model's band gains for it, and its features), which the
-tests replay through the Numba kernel without torch.
+writes ``<name>.npz`` + ``<name>.json`` and ``<name>-reference.npz`` (a short noisy input
+spectrum, the torch model's band gains for it, and its features; ``--name`` defaults to
+``denoiser-v1``), which the tests replay through the Numba kernel without torch.
 """
 
 from __future__ import annotations
@@ -57,6 +57,16 @@ def reference_pair(model: BandGainNet, weights: np.ndarray, seed: int = 7,
             "band_gains": gains.astype(np.float32)}
 
 
+def training_command(args: dict[str, Any]) -> str:
+    """The ``train`` command line that reproduces a checkpoint, from its stored arguments."""
+    parts = ["nice -n 19 python -m mica.models.train.train"]
+    for key in ("out", "init", "seed", "steps", "minutes", "batch", "frames", "lr", "threads",
+                "p_clean", "p_high_snr", "harm_weight"):
+        if args.get(key) is not None:
+            parts.append(f"--{key.replace('_', '-')} {args[key]}")
+    return " ".join(parts)
+
+
 def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_db: float,
            metrics: dict[str, Any] | None = None, command: str | None = None) -> Path:
     ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu")
@@ -94,8 +104,8 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
             "batch": args.get("batch"),
             "frames_per_example": args.get("frames"),
             "val_loss": ckpt.get("val_loss"),
-            "command": command or "nice -n 19 python -m mica.models.train.train --out "
-                                  f"{args.get('out')} --steps {args.get('steps')}",
+            "command": command or training_command(args),
+            "init": args.get("init"),
             "data": {
                 "speech": "corpus/speech librispeech_* (220 train-clean-100 speakers) + "
                           "ami clip + espeak-ng utterances (16 voices x 12 variants, "
@@ -104,6 +114,8 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
                          "car cabin, fan/HVAC, babble",
                 "rir": "corpus/rir (7) + synthetic exponential RIRs (RT60 0.15-0.8 s), p=0.5",
                 "snr_db": [-5, 20],
+                "share_clean_only": args.get("p_clean", 0.05),
+                "share_snr_20_40_db": args.get("p_high_snr", 0.0),
                 "level_dbfs": [-45, -15],
                 "held_apart_speakers": sorted(split.HELD_LIBRISPEECH_SPEAKERS)
                 + list(split.HELD_SPEECH_PREFIXES),
@@ -125,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--gain-floor-db", type=float, default=-25.0)
     ap.add_argument("--metrics", type=Path, help="JSON file of benchmark metrics for the card")
+    ap.add_argument("--command", help="training command for the card (default: rebuilt from "
+                                      "the checkpoint's arguments)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
     path = export(args.ckpt, args.out, args.name, args.version, args.gain_floor_db, metrics,
-                  command=None)
+                  command=args.command)
     log.info("%s written; card: %s", path, path.with_suffix(".json"))
     return 0
 

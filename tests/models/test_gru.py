@@ -28,7 +28,9 @@ from mica.models.gru import (
 from mica.models.mmse import MmseDenoiser
 from mica.models.postfilter import denoise_signal, make_postfilter
 
-REFERENCE = default_bundle_path().with_name("denoiser-v1-reference.npz")
+SHIPPED = sorted(p for p in default_bundle_path().parent.glob("denoiser-v*.npz")
+                 if not p.stem.endswith("-reference"))
+"""Every shipped bundle version (the default and the older ones kept for comparison)."""
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,13 @@ def run_kernel(pf: GruDenoiser, spectra: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.stack(outs), np.stack(gains)
 
 
-def test_card_states_budget_and_provenance(bundle) -> None:
+def test_default_bundle_is_shipped() -> None:
+    assert default_bundle_path() in SHIPPED
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_card_states_budget_and_provenance(path: Path) -> None:
+    bundle = load_bundle(path)
     card = bundle.card
     assert card["version"] and card["n_bins"] == 161 and card["hop_samples"] == 160
     assert card["n_params"] == count_params(bundle.arrays) <= 100_000
@@ -55,13 +63,16 @@ def test_card_states_budget_and_provenance(bundle) -> None:
     for key in ("command", "data", "steps"):
         assert card["training"][key]
     assert "held_apart_noises" in card["training"]["data"]
-    size = sum(p.stat().st_size for p in default_bundle_path().parent.glob("denoiser-v1*"))
+    assert card["name"] == path.stem
+    size = sum(p.stat().st_size for p in path.parent.glob(f"{path.stem}*"))
     assert size < 1_000_000
 
 
-def test_numba_matches_stored_torch_output(bundle) -> None:
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_numba_matches_stored_torch_output(path: Path) -> None:
     """The pair was written by ``mica.models.train.export`` from the torch model."""
-    ref = np.load(REFERENCE)
+    bundle = load_bundle(path)
+    ref = np.load(path.with_name(f"{path.stem}-reference.npz"))
     np.testing.assert_allclose(features_reference(ref["spectra"], bundle.arrays["erb_w"]),
                                ref["feats"], atol=1e-5)
     _, gains = run_kernel(GruDenoiser(bundle, 161), ref["spectra"])
