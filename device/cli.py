@@ -110,7 +110,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
             args.denoiser = dsp.denoiser
     args.beamformer = args.beamformer or "das"
     args.denoiser = args.denoiser or "off"
-    summary = enhance_file(args.input, args.output, args.array,
+    inputs = args.input if len(args.input) > 1 else args.input[0]
+    summary = enhance_file(inputs, args.output, args.array,
                            steer_azimuth_deg=args.steer_azimuth,
                            steer_elevation_deg=args.steer_elevation,
                            beamformer=args.beamformer, steer=steer, zones=zones,
@@ -156,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     enh = sub.add_parser("enhance", help="enhance a multichannel WAV file with the daemon's "
                          "streaming chain")
-    enh.add_argument("input", type=Path, help="multichannel WAV, any rate")
+    enh.add_argument("input", type=Path, nargs="+", help="multichannel WAV, any rate; several: "
+                     "one per capture device, each with its own clock (channels in geometry "
+                     "order: the first file's, then the next's), aligned onto the first's")
     enh.add_argument("output", type=Path, help="16 kHz mono 16-bit WAV to write")
     enh.add_argument("--array", type=Path, required=True, help="geometry JSON (geometry_m)")
     enh.add_argument("--steer-azimuth", type=float, default=None, metavar="DEG",
@@ -176,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--config", type=Path, default=None,
                      help="daemon TOML: its [dsp] beamformer, steer and zones are the defaults")
     enh.add_argument("--report", type=Path, default=None, metavar="REPORT.json",
-                     help="write a JSON report: per second DOA, speech presence, channels used")
+                     help="write a JSON report: per second DOA, speech presence, channels "
+                     "used (and each device's clock drift when several files are given)")
     enh.set_defaults(func=_cmd_enhance)
 
     config = sub.add_parser("config", help="configuration tools")
@@ -190,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mica.device.cli_calibration import register as register_calibration
 
     register_calibration(sub)
+    from mica.device.cli_drift import register as register_drift
+
+    register_drift(sub)
     for ep in entry_points(group=COMMAND_GROUP):
         try:
             ep.load()(sub)

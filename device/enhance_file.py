@@ -159,7 +159,7 @@ class BlockReport:
 
 
 def enhance_file(
-    in_path: str | Path,
+    in_path: str | Path | list[str | Path],
     out_path: str | Path,
     geometry_path: str | Path,
     steer_azimuth_deg: float | None = None,
@@ -174,7 +174,12 @@ def enhance_file(
     """Enhance ``in_path`` (multichannel WAV) into ``out_path`` (16 kHz mono PCM_16 WAV).
 
     Args:
-        in_path: audio file, one channel per row of the geometry, any sample rate.
+        in_path: audio file, one channel per row of the geometry, any sample rate; or a
+            list of files, one per capture device with its own clock (channels in
+            geometry row order: the first file's, then the next's; one rate for all):
+            each is aligned onto the first one's clock as the daemon does
+            (:func:`~mica.device.multi_file.align_device_files`), and the report gets each
+            device's drift estimate per second.
         out_path: output WAV, same duration as the input, time-aligned with it.
         geometry_path: JSON sidecar with ``geometry_m`` (see ``load_geometry_json``).
         steer_azimuth_deg: look azimuth (degrees); ``None`` means 0 until DOA exists.
@@ -206,21 +211,31 @@ def enhance_file(
         steer_azimuth_deg = zone_az
     if zone_el is not None:
         steer_elevation_deg = zone_el
-    in_path, out_path, geometry_path = Path(in_path), Path(out_path), Path(geometry_path)
+    in_paths = ([Path(p) for p in in_path] if isinstance(in_path, (list, tuple))
+                else [Path(in_path)])
+    in_path, out_path, geometry_path = in_paths[0], Path(out_path), Path(geometry_path)
     geometry = load_geometry_json(geometry_path)
-    signal, fs_in_hz = read_wav(in_path)
-    if signal.shape[0] != geometry.n_channels:
-        raise AudioFileError(
-            f"{in_path} has {signal.shape[0]} channel(s) but geometry {geometry_path} has "
-            f"{geometry.n_channels} microphone(s)"
-        )
     azimuth_deg = 0.0 if steer_azimuth_deg is None else float(steer_azimuth_deg)
     if steer_azimuth_deg is None and not auto:
         log.info("no steering azimuth given: using 0 deg")
-    n_in = signal.shape[1]
-    signal = resample_to(signal, fs_in_hz, OUTPUT_FS_HZ)
-    if fs_in_hz != OUTPUT_FS_HZ:
-        log.info("resampled %s from %d Hz to %d Hz", in_path, fs_in_hz, OUTPUT_FS_HZ)
+    drift = None
+    if len(in_paths) > 1:  # one file per device, each with its own clock
+        from mica.device.multi_file import align_device_files
+
+        signal, fs_in_hz, drift = align_device_files(
+            in_paths, geometry, geometry_path, OUTPUT_FS_HZ, azimuth_deg, steer_elevation_deg)
+        n_in = round(signal.shape[1] * fs_in_hz / OUTPUT_FS_HZ)
+    else:
+        signal, fs_in_hz = read_wav(in_path)
+        if signal.shape[0] != geometry.n_channels:
+            raise AudioFileError(
+                f"{in_path} has {signal.shape[0]} channel(s) but geometry {geometry_path} "
+                f"has {geometry.n_channels} microphone(s)"
+            )
+        n_in = signal.shape[1]
+        signal = resample_to(signal, fs_in_hz, OUTPUT_FS_HZ)
+        if fs_in_hz != OUTPUT_FS_HZ:
+            log.info("resampled %s from %d Hz to %d Hz", in_path, fs_in_hz, OUTPUT_FS_HZ)
     enhancer = Enhancer(
         geometry,
         fs_hz=OUTPUT_FS_HZ,
@@ -266,6 +281,13 @@ def enhance_file(
         report_path = Path(report_path)
         doc = {"input": str(in_path), "output": str(out_path), "summary": summary,
                "per_second": report.per_second(duration_s)}
+        if drift is not None:  # per second: each device's drift estimate
+            doc["inputs"] = [str(p) for p in in_paths]
+            doc["drift_events"] = drift.events
+            for row in doc["per_second"]:
+                row["drift"] = {r["device"]: {k: r[k] for k in ("drift_ppm",
+                                "offset_samples", "lock", "locked")}
+                                for r in drift.per_second if r["t_s"] == row["t_s"] + 1.0}
         try:
             report_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         except OSError as err:

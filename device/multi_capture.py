@@ -36,6 +36,7 @@ import numpy as np
 
 from mica.array_dsp.drift import DriftCompensator, DriftEvent, DriftSettings, warmup_kernels
 from mica.array_dsp.errors import DeviceError, MicaError
+from mica.array_dsp.steering import SOUND_SPEED_M_S, far_field_delays_s
 from mica.device.block import Block, Source
 from mica.device.ring import DropOldestQueue
 
@@ -100,6 +101,177 @@ class _Device:
         self.thread: threading.Thread | None = None
 
 
+EventCallback = Callable[[str, DriftEvent, str], None]
+"""``on_event(device name, event, lock state)``."""
+
+
+class DeviceAligner:
+    """The alignment core: several devices' samples onto the reference clock, one reference
+    block at a time, with one :class:`~mica.array_dsp.drift.DriftCompensator` per
+    non-reference device. No threads, no clocks: :class:`MultiCapture` feeds it from its
+    capture queues, :func:`align_recordings` from files; both get the same output.
+
+    Per reference block: :meth:`start` each device once (its initial offset guess), then
+    :meth:`push` its input while :meth:`needs_input`, then :meth:`align` the block.
+
+    Args:
+        names: device names (logs, events, status).
+        rows: geometry row of each channel of each device.
+        reference: index of the reference device.
+        fs_hz: nominal rate of every device.
+        period_frames: samples per reference block.
+        settings: drift estimation settings (copied per device).
+        compensate: resample (True) or only measure (False).
+        analysis_row: which channel of each device the estimator compares.
+        on_event: called with each drift event.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        rows: list[list[int]],
+        reference: int,
+        fs_hz: int,
+        period_frames: int,
+        settings: DriftSettings | None = None,
+        compensate: bool = True,
+        analysis_row: int = 0,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        if len(names) != len(rows):
+            raise ValueError(f"{len(names)} device names for {len(rows)} row lists")
+        if not 0 <= reference < len(names):
+            raise ValueError(f"reference {reference} is not one of {len(names)} devices")
+        flat = sorted(r for dev_rows in rows for r in dev_rows)
+        if flat != list(range(len(flat))):
+            raise ValueError(f"geometry rows {flat} must be 0..{len(flat) - 1}, each once")
+        self.names = list(names)
+        self.rows = [list(r) for r in rows]
+        self.reference = int(reference)
+        self.fs_hz = int(fs_hz)
+        self.period_frames = int(period_frames)
+        self.n_channels = len(flat)
+        self.analysis_row = int(analysis_row)
+        self._settings = settings or DriftSettings()
+        self._compensate = compensate
+        self._on_event = on_event
+        self._expected: dict[str, float] = {}
+        self.comps: list[DriftCompensator | None] = [None] * len(names)
+        self._merged = np.zeros((self.n_channels, self.period_frames), np.float32)
+        self._outs = [np.zeros((len(r), self.period_frames), np.float32) for r in self.rows]
+
+    def started(self, i: int) -> bool:
+        """Device ``i`` has its compensator (the reference always counts as started)."""
+        return i == self.reference or self.comps[i] is not None
+
+    def start(self, i: int, initial_offset_samples: float = 0.0) -> DriftCompensator:
+        """Create device ``i``'s compensator: its sample index ``initial_offset_samples``
+        lines up with the reference's first sample (a guess; acquisition refines it)."""
+        settings = DriftSettings(**vars(self._settings))
+        comp = DriftCompensator(
+            len(self.rows[i]),
+            self.fs_hz,
+            settings,
+            analysis_channel=self.analysis_row,
+            initial_offset_samples=initial_offset_samples,
+            compensate=self._compensate,
+        )
+        comp.expected_delay_samples = self._expected.get(self.names[i], 0.0)
+        self.comps[i] = comp
+        log.info(
+            "drift: device %r starts %.1f samples after the reference",
+            self.names[i],
+            -initial_offset_samples,
+        )
+        return comp
+
+    def needs_input(self, i: int) -> bool:
+        """Device ``i`` needs more input (or :meth:`start`) before the next block."""
+        comp = self.comps[i]
+        return comp is None or not comp.ready(self.period_frames)
+
+    def push(self, i: int, samples: np.ndarray, gap_frames: int = 0) -> None:
+        """Device ``i``'s next ``(n_ch_i, n)`` float32 samples, after ``gap_frames`` lost
+        ones (counted as zeros, so the device's sample count stays right)."""
+        comp = self.comps[i]
+        if comp is None:
+            raise ValueError(f"device {self.names[i]!r}: start() before push()")
+        if gap_frames:
+            comp.resampler.skip_input(gap_frames)
+        comp.push(samples)
+
+    def align(self, ref_samples: np.ndarray) -> np.ndarray:
+        """The reference block ``(n_ch_ref, period)`` and every other device resampled onto
+        it: ``(n_channels, period)`` float32 in geometry row order (reused buffer; copy it
+        to keep it). Every other device must be ready (:meth:`needs_input` False)."""
+        ref_mono = np.ascontiguousarray(ref_samples[self.analysis_row])
+        for i, dev_rows in enumerate(self.rows):
+            out = self._outs[i]
+            if i == self.reference:
+                out[...] = ref_samples
+            else:
+                comp = self.comps[i]
+                assert comp is not None
+                for event in comp.process(ref_mono, out):
+                    log.info(
+                        "drift %s on %r: %.2f ppm (was %.2f), offset %.2f samples",
+                        event.kind,
+                        self.names[i],
+                        event.drift_ppm,
+                        event.previous_ppm,
+                        event.offset_samples,
+                    )
+                    if self._on_event is not None:
+                        self._on_event(self.names[i], event, comp.state)
+            self._merged[dev_rows] = out
+        return self._merged
+
+    def set_expected_delays(self, delays_samples: dict[str, float]) -> None:
+        """Acoustic delay of each device's analysis channel behind the reference's, for the
+        look direction (samples); aligning subtracts it."""
+        self._expected.update(delays_samples)
+        for name, comp in zip(self.names, self.comps, strict=True):
+            if comp is not None and name in delays_samples:
+                comp.expected_delay_samples = float(delays_samples[name])
+
+    def status(self, i: int) -> dict[str, Any]:
+        """Device ``i``: drift (ppm), offset, lock state (the reference says so)."""
+        if i == self.reference:
+            return {"reference": True, "drift_ppm": 0.0, "offset_samples": 0.0, "lock": "reference"}
+        comp = self.comps[i]
+        entry: dict[str, Any] = (
+            {"drift_ppm": None, "lock": "waiting"} if comp is None else comp.status()
+        )
+        entry["reference"] = False
+        return entry
+
+
+def expected_delays_samples(
+    geometry_m: np.ndarray,
+    rows: list[list[int]],
+    reference: int,
+    names: list[str],
+    fs_hz: float,
+    azimuth_deg: float,
+    elevation_deg: float = 0.0,
+    sound_speed_m_s: float = SOUND_SPEED_M_S,
+    analysis_row: int = 0,
+) -> dict[str, float]:
+    """Far-field delay (samples) of a talker at ``azimuth_deg``/``elevation_deg`` at each
+    device's analysis channel behind the reference device's (:meth:`DeviceAligner.
+    set_expected_delays`). ``geometry_m``: ``(n_mics, 3)``."""
+    tau_s = far_field_delays_s(
+        np.asarray(geometry_m, np.float64),
+        azimuth_deg,
+        elevation_deg,
+        sound_speed_m_s,
+        reference_channel=rows[reference][analysis_row],
+    )
+    return {
+        name: float(tau_s[r[analysis_row]]) * fs_hz for name, r in zip(names, rows, strict=True)
+    }
+
+
 class MultiCapture:
     """A :class:`Source` made of several devices, drift-corrected onto the reference.
 
@@ -120,26 +292,37 @@ class MultiCapture:
         DeviceError: a device cannot be opened (the others are closed again).
     """
 
-    def __init__(self, specs: list[DeviceSpec], reference: int, fs_hz: int,
-                 period_frames: int, settings: DriftSettings | None = None,
-                 compensate: bool = True, use_prior: bool = True,
-                 on_event: Callable[[dict[str, Any]], None] | None = None,
-                 queue_blocks: int = 64, wait_s: float = 1.0,
-                 analysis_row: int = 0) -> None:
-        if not 0 <= reference < len(specs):
-            raise ValueError(f"reference {reference} is not one of {len(specs)} devices")
-        rows = sorted(r for s in specs for r in s.geometry_rows)
-        if rows != list(range(len(rows))):
-            raise ValueError(f"geometry rows {rows} must be 0..{len(rows) - 1}, each once")
+    def __init__(
+        self,
+        specs: list[DeviceSpec],
+        reference: int,
+        fs_hz: int,
+        period_frames: int,
+        settings: DriftSettings | None = None,
+        compensate: bool = True,
+        use_prior: bool = True,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        queue_blocks: int = 64,
+        wait_s: float = 1.0,
+        analysis_row: int = 0,
+    ) -> None:
+        self.aligner = DeviceAligner(
+            [s.name for s in specs],
+            [list(s.geometry_rows) for s in specs],
+            reference,
+            fs_hz,
+            period_frames,
+            settings,
+            compensate,
+            analysis_row,
+            on_event=self._emit,
+        )
         self.fs_hz = int(fs_hz)
         self.period_frames = int(period_frames)
-        self.n_channels = len(rows)
-        self._settings = settings or DriftSettings()
-        self._compensate = compensate
+        self.n_channels = self.aligner.n_channels
         self._use_prior = use_prior
         self._on_event = on_event
         self._wait_s = wait_s
-        self._analysis_row = analysis_row
         self._reference = reference
         self._closed = False
         self._devices: list[_Device] = []
@@ -149,21 +332,20 @@ class MultiCapture:
                 source = spec.open()
                 if source.n_channels != len(spec.geometry_rows):
                     source.close()
-                    raise DeviceError(f"capture device {spec.name!r} delivers "
-                                      f"{source.n_channels} channel(s) for "
-                                      f"{len(spec.geometry_rows)} geometry row(s)")
+                    raise DeviceError(
+                        f"capture device {spec.name!r} delivers "
+                        f"{source.n_channels} channel(s) for "
+                        f"{len(spec.geometry_rows)} geometry row(s)"
+                    )
                 self._devices.append(_Device(spec, source, queue_blocks))
         except BaseException:
             self.close()
             raise
-        self._merged = np.zeros((self.n_channels, self.period_frames), np.float32)
-        self._outs = [np.zeros((len(d.spec.geometry_rows), self.period_frames), np.float32)
-                      for d in self._devices]
         self._last_prior_s = 0.0
-        self._expected: dict[str, float] = {}
         for dev in self._devices:
-            dev.thread = threading.Thread(target=self._capture, args=(dev,),
-                                          name=f"mica-capture-{dev.spec.name}", daemon=True)
+            dev.thread = threading.Thread(
+                target=self._capture, args=(dev,), name=f"mica-capture-{dev.spec.name}", daemon=True
+            )
             dev.thread.start()
 
     # ------------------------------------------------------------------ capture threads
@@ -220,52 +402,38 @@ class MultiCapture:
         if ref.first is None:
             ref.first = block
         if block.n_samples != self.period_frames:
-            raise DeviceError(f"capture device {ref.spec.name!r}: block of "
-                              f"{block.n_samples} frames, expected {self.period_frames}")
-        ref_mono = block.samples[self._analysis_row]
+            raise DeviceError(
+                f"capture device {ref.spec.name!r}: block of "
+                f"{block.n_samples} frames, expected {self.period_frames}"
+            )
         for i, dev in enumerate(self._devices):
-            out = self._outs[i]
-            if i == self._reference:
-                out[...] = block.samples
-            else:
-                self._fill_device(dev, ref_mono, out)
-            self._merged[dev.spec.geometry_rows] = out
+            if i != self._reference:
+                self._fill_device(i, dev)
+        merged = self.aligner.align(block.samples)
         self._maybe_update_priors()
-        return Block(self._merged.copy(), block.seq, block.t_capture_ns, block.gap_frames)
+        return Block(merged.copy(), block.seq, block.t_capture_ns, block.gap_frames)
 
-    def _fill_device(self, dev: _Device, ref_mono: np.ndarray, out: np.ndarray) -> None:
+    def _fill_device(self, i: int, dev: _Device) -> None:
+        """Queue device ``i``'s input into the aligner until it can make the next block."""
         deadline = time.monotonic() + self._wait_s
-        while dev.comp is None or not dev.comp.ready(out.shape[1]):
+        while self.aligner.needs_input(i):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DeviceError(f"capture device {dev.spec.name!r} stalled: no input for "
-                                  f"{self._wait_s:.1f} s")
+                raise DeviceError(
+                    f"capture device {dev.spec.name!r} stalled: no input for {self._wait_s:.1f} s"
+                )
             other = self._get(dev, min(left, 0.1))
             if other is None:
                 if dev.queue.closed:
                     raise DeviceError(f"capture device {dev.spec.name!r} ended")
                 continue
-            if dev.comp is None:
-                dev.comp = self._new_compensator(dev, other)
-            if other.gap_frames:
-                dev.comp.resampler.skip_input(other.gap_frames)
-            dev.comp.push(other.samples)
-        for event in dev.comp.process(np.ascontiguousarray(ref_mono), out):
-            self._emit(dev, event)
-
-    def _new_compensator(self, dev: _Device, first: Block) -> DriftCompensator:
-        ref_first = self._devices[self._reference].first
-        assert ref_first is not None
-        # device sample index captured at the reference's first sample (timestamp guess)
-        guess = (ref_first.t_capture_ns - first.t_capture_ns) * self.fs_hz / _NS
-        settings = DriftSettings(**vars(self._settings))
-        comp = DriftCompensator(len(dev.spec.geometry_rows), self.fs_hz, settings,
-                                analysis_channel=self._analysis_row,
-                                initial_offset_samples=guess, compensate=self._compensate)
-        comp.expected_delay_samples = self._expected.get(dev.spec.name, 0.0)
-        log.info("drift: device %r starts %.1f samples after the reference (timestamps)",
-                 dev.spec.name, -guess)
-        return comp
+            if not self.aligner.started(i):
+                ref_first = self._devices[self._reference].first
+                assert ref_first is not None
+                # device sample index captured at the reference's first sample
+                guess = (ref_first.t_capture_ns - other.t_capture_ns) * self.fs_hz / _NS
+                dev.comp = self.aligner.start(i, guess)
+            self.aligner.push(i, other.samples, other.gap_frames)
 
     def _maybe_update_priors(self) -> None:
         """Once per second: the ALSA-timestamp rate ratio of each device (reported as
@@ -288,38 +456,33 @@ class MultiCapture:
                 dev.comp.set_prior(ppm, sigma)
             dev.prior = (ppm, sigma)  # type: ignore[attr-defined]
 
-    def _emit(self, dev: _Device, event: DriftEvent) -> None:
-        log.info("drift %s on %r: %.2f ppm (was %.2f), offset %.2f samples", event.kind,
-                 dev.spec.name, event.drift_ppm, event.previous_ppm, event.offset_samples)
+    def _emit(self, name: str, event: DriftEvent, lock: str) -> None:
         if self._on_event is not None:
-            assert dev.comp is not None
-            self._on_event({"device": dev.spec.name, "kind": event.kind,
-                            "drift_ppm": round(event.drift_ppm, 3),
-                            "previous_ppm": round(event.previous_ppm, 3),
-                            "offset_samples": round(event.offset_samples, 3),
-                            "lock": dev.comp.state, "t_ns": time.monotonic_ns()})
+            self._on_event(
+                {
+                    "device": name,
+                    "kind": event.kind,
+                    "drift_ppm": round(event.drift_ppm, 3),
+                    "previous_ppm": round(event.previous_ppm, 3),
+                    "offset_samples": round(event.offset_samples, 3),
+                    "lock": lock,
+                    "t_ns": time.monotonic_ns(),
+                }
+            )
 
     def set_expected_delays(self, delays_samples: dict[str, float]) -> None:
         """Acoustic delay of each device's analysis channel behind the reference's, for the
         look direction (samples); aligning subtracts it."""
-        self._expected.update(delays_samples)
-        for dev in self._devices:
-            if dev.comp is not None and dev.spec.name in delays_samples:
-                dev.comp.expected_delay_samples = float(delays_samples[dev.spec.name])
+        self.aligner.set_expected_delays(delays_samples)
 
     def drift_status(self) -> dict[str, dict[str, Any]]:
         """Per device: drift (ppm), offset, lock state, prior; the reference says so."""
         status: dict[str, dict[str, Any]] = {}
         for i, dev in enumerate(self._devices):
-            if i == self._reference:
-                status[dev.spec.name] = {"reference": True, "drift_ppm": 0.0,
-                                         "offset_samples": 0.0, "lock": "reference"}
-                continue
-            entry: dict[str, Any] = ({"drift_ppm": None, "lock": "waiting"}
-                                     if dev.comp is None else dev.comp.status())
-            prior = getattr(dev, "prior", None)
-            entry["prior_ppm"] = None if prior is None else round(prior[0], 2)
-            entry["reference"] = False
+            entry = self.aligner.status(i)
+            if i != self._reference:
+                prior = getattr(dev, "prior", None)
+                entry["prior_ppm"] = None if prior is None else round(prior[0], 2)
             status[dev.spec.name] = entry
         return status
 
@@ -336,14 +499,16 @@ class MultiCapture:
                 dev.thread.join(timeout=1.0)
 
 
-def open_multi_capture(cfg: Any, on_event: Callable[[dict[str, Any]], None] | None = None,
-                       geometry_m: np.ndarray | None = None) -> MultiCapture:
+def open_multi_capture(
+    cfg: Any,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    geometry_m: np.ndarray | None = None,
+) -> MultiCapture:
     """The :class:`MultiCapture` that ``cfg.capture.devices`` and ``cfg.drift`` describe.
 
     With ``geometry_m``, each device is aligned so that the talker in the look direction
     (``cfg.dsp``) keeps its physical delay between the devices' analysis channels.
     """
-    from mica.array_dsp.steering import far_field_delays_s
     from mica.device.sources.alsa import AlsaSource
 
     cap = cfg.capture
@@ -352,24 +517,48 @@ def open_multi_capture(cfg: Any, on_event: Callable[[dict[str, Any]], None] | No
         mics = list(dev.mic_channels) or list(range(dev.channels))
 
         def opener(dev: Any = dev, mics: list[int] = mics) -> Source:
-            return AlsaSource(dev.alsa_device, channels=dev.channels, fs_hz=cap.fs_hz,
-                              format=dev.format, period_frames=cap.period_frames,
-                              select=mics)
+            return AlsaSource(
+                dev.alsa_device,
+                channels=dev.channels,
+                fs_hz=cap.fs_hz,
+                format=dev.format,
+                period_frames=cap.period_frames,
+                select=mics,
+            )
 
         specs.append(DeviceSpec(dev.alsa_device, opener, list(dev.geometry_rows)))
     refs = [i for i, dev in enumerate(cap.devices) if dev.reference]
     d = cfg.drift
-    settings = DriftSettings(update_s=d.update_s, max_offset_s=d.max_offset_ms / 1e3,
-                             memory_s=d.memory_s, event_jump_ppm=d.event_jump_ppm)
+    settings = DriftSettings(
+        update_s=d.update_s,
+        max_offset_s=d.max_offset_ms / 1e3,
+        memory_s=d.memory_s,
+        event_jump_ppm=d.event_jump_ppm,
+    )
     ref = refs[0] if refs else 0
-    multi = MultiCapture(specs, ref, cap.fs_hz, cap.period_frames, settings,
-                         compensate=d.enabled, use_prior=d.alsa_prior, on_event=on_event,
-                         queue_blocks=cfg.service.ring_blocks, wait_s=d.wait_ms / 1e3)
+    multi = MultiCapture(
+        specs,
+        ref,
+        cap.fs_hz,
+        cap.period_frames,
+        settings,
+        compensate=d.enabled,
+        use_prior=d.alsa_prior,
+        on_event=on_event,
+        queue_blocks=cfg.service.ring_blocks,
+        wait_s=d.wait_ms / 1e3,
+    )
     if geometry_m is not None:
-        tau_s = far_field_delays_s(np.asarray(geometry_m, np.float64),
-                                   cfg.dsp.steer_azimuth_deg, cfg.dsp.steer_elevation_deg,
-                                   cfg.dsp.sound_speed_m_s,
-                                   reference_channel=specs[ref].geometry_rows[0])
-        multi.set_expected_delays({spec.name: float(tau_s[spec.geometry_rows[0]]) * cap.fs_hz
-                                   for spec in specs})
+        multi.set_expected_delays(
+            expected_delays_samples(
+                geometry_m,
+                [spec.geometry_rows for spec in specs],
+                ref,
+                [spec.name for spec in specs],
+                cap.fs_hz,
+                cfg.dsp.steer_azimuth_deg,
+                cfg.dsp.steer_elevation_deg,
+                cfg.dsp.sound_speed_m_s,
+            )
+        )
     return multi
