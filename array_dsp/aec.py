@@ -1,0 +1,645 @@
+"""Acoustic echo cancellation: a partitioned-block frequency-domain Kalman filter per mic.
+
+Model (Enzner & Vary 2006, "Frequency-domain adaptive Kalman filter for acoustic echo
+control in hands-free telephones"; partitioned form: Kuech, Mabande & Enzner 2014,
+"State-space architecture of the partitioned-block-based acoustic echo controller").
+Block length ``N`` (= the DSP hop), FFT ``M = 2 N``, overlap-save, ``P = ceil(tail / N)``
+partitions per reference channel. Per block ``l``, microphone ``m`` and bin ``k``:
+
+* ``X_{r,p}`` = rfft of the last ``2 N`` reference samples of channel ``r``, ``p`` blocks ago;
+* echo estimate ``Y^ = sum_{r,p} W_{m,r,p} X_{r,p}``; ``y^`` = last ``N`` samples of its irfft;
+* a-priori error ``e = y - y^`` (the output), ``E = rfft([0_N, e])``;
+* error PSD ``Psi = beta Psi + (1 - beta) |E|^2`` (near end + noise + misalignment: in
+  double talk it grows and the gain shrinks, which is the Kalman filter's double-talk
+  robustness, no detector needed);
+* near-end PSD ``Psi_s = max(Psi - c sum P |X|^2, f Psi)`` (the error less the predicted
+  misalignment echo), ``D = sum_{r,p} P_{m,r,p} |X_{r,p}|^2 + Psi_s``, Kalman gain
+  ``K = P X^* / D``;
+* ``W += G(K E)`` with ``G`` the gradient constraint (irfft, zero the last ``N`` taps, rfft:
+  a linear, not circular, convolution);
+* ``P <- A^2 (1 - (N / M) K X) P + (1 - A^2) |W|^2`` (random-walk echo path, ``A`` from
+  :attr:`AecParams.path_forget`).
+
+Monitors (one kernel): smoothed powers of mic ``y``, error ``e``, echo estimate ``y^`` and
+reference ``x``; far end active when the reference is above ``far_threshold_db``; double
+talk when far end is active and ``e`` is more than ``double_talk_db`` of ``y^``; ERLE =
+``10 log10(P_y / P_e)`` averaged over far-end-only blocks; an echo-path change when
+``P_e > divergence_ratio * P_y`` for ``divergence_blocks`` blocks (the filter makes things
+worse than doing nothing: a moved loudspeaker or mic), which resets ``P`` so the filter
+re-converges from where it is at full speed.
+
+Latency: the filter works on the DSP hop itself (``N = hop``), so the error block of input
+block ``l`` is ready when block ``l`` is: the AEC adds **0** samples of algorithmic latency.
+The reference may be delayed by a bulk delay (:mod:`mica.array_dsp.echo_delay`) so the
+tail covers the echo path, not the playback buffering.
+
+Shapes: mic block ``(n_mic, N)`` float32, reference block ``(n_ref, N)`` float32; state
+``W (n_mic, n_ref, P, N + 1)`` complex128, ``P`` the same in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mica.array_dsp.jit import kernel
+from mica.array_dsp.validate import SignalShapeError, check_array, check_positive_int
+
+_FFT_HAS_OUT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+_TINY = 1e-20
+
+
+@dataclass(frozen=True)
+class AecParams:
+    """Tuning of :class:`EchoCanceller` (defaults measured with ``benchmarks/echo.py``).
+
+    Attributes:
+        tail_ms: echo path length the filter models (ms); ``ceil(tail * fs / N)`` partitions.
+        path_forget: ``A`` of the random-walk echo-path model (closer to 1: steadier filter,
+            slower tracking of small path changes).
+        psi_smoothing: ``beta``, smoothing of the error PSD per block.
+        initial_state_var: ``P`` at start and after a path change (filter-coefficient
+            variance in the FFT domain, relative to a unit echo path).
+        misalignment: share of the predicted misalignment echo ``sum P |X|^2`` taken out of
+            the error PSD to estimate the near-end PSD (Enzner & Vary 2006, eq. 30).
+        psi_floor: the near-end PSD estimate is at least this share of the error PSD.
+        far_threshold_db: reference power (dBFS) above which the far end counts as active.
+        double_talk_db: error over echo-estimate power (dB) above which a far-end-active
+            block counts as double talk.
+        double_talk_hold_blocks: hangover of the double-talk state (blocks).
+        power_smoothing: smoothing of the monitors' block powers (per block).
+        erle_smoothing: smoothing of the ERLE powers (per far-end-only block).
+        divergence_ratio: error over mic power above which the filter is judged wrong.
+        divergence_blocks: that many blocks in a row declare an echo-path change.
+    """
+
+    tail_ms: float = 128.0
+    path_forget: float = 0.999
+    psi_smoothing: float = 0.5
+    initial_state_var: float = 10.0
+    misalignment: float = 1.0
+    psi_floor: float = 0.1
+    far_threshold_db: float = -60.0
+    double_talk_db: float = -10.0
+    double_talk_hold_blocks: int = 10
+    power_smoothing: float = 0.7
+    erle_smoothing: float = 0.98
+    divergence_ratio: float = 1.5
+    divergence_blocks: int = 10
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("tail_ms", 1.0 <= self.tail_ms <= 2000.0),
+            ("path_forget", 0.0 < self.path_forget <= 1.0),
+            ("psi_smoothing", 0.0 <= self.psi_smoothing < 1.0),
+            ("initial_state_var", self.initial_state_var > 0.0),
+            ("power_smoothing", 0.0 <= self.power_smoothing < 1.0),
+            ("erle_smoothing", 0.0 <= self.erle_smoothing < 1.0),
+            ("divergence_ratio", self.divergence_ratio > 0.0),
+            ("divergence_blocks", self.divergence_blocks >= 1),
+            ("double_talk_hold_blocks", self.double_talk_hold_blocks >= 0),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise SignalShapeError(
+                    f"AecParams.{name}: out of range, got {getattr(self, name)!r}"
+                )
+
+
+def n_partitions(tail_ms: float, fs_hz: float, block_samples: int) -> int:
+    """Partitions of ``block_samples`` needed to cover ``tail_ms`` at ``fs_hz``."""
+    return max(1, math.ceil(tail_ms * 1e-3 * fs_hz / block_samples - 1e-9))
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@kernel
+def delay_line_kernel(
+    ring: np.ndarray, pos: np.ndarray, block: np.ndarray, delay: int, out: np.ndarray
+) -> None:
+    """Write ``block (n_ref, N)`` into ``ring (n_ref, L)`` at ``pos[0]``; ``out (n_ref, N)``
+    = the ``N`` samples that ended ``delay`` samples ago (``L >= delay + N``)."""
+    n_ref, length = ring.shape
+    n = block.shape[1]
+    p = pos[0]
+    for r in range(n_ref):
+        for i in range(n):
+            ring[r, (p + i) % length] = block[r, i]
+    start = p + n - delay - n
+    for r in range(n_ref):
+        for i in range(n):
+            out[r, i] = ring[r, (start + i) % length]
+    pos[0] = (p + n) % length
+
+
+@kernel
+def frame_kernel(prev: np.ndarray, cur: np.ndarray, frames: np.ndarray) -> None:
+    """``frames (n, 2N) = [prev | cur]`` (float64), then ``prev = cur``."""
+    n_ch, n = cur.shape
+    for c in range(n_ch):
+        for i in range(n):
+            frames[c, i] = prev[c, i]
+            frames[c, n + i] = cur[c, i]
+            prev[c, i] = cur[c, i]
+
+
+@kernel
+def push_spectrum_kernel(x_hist: np.ndarray, x_new: np.ndarray) -> None:
+    """Shift ``x_hist (n_ref, P, K)`` one partition older; ``x_hist[:, 0] = x_new (n_ref, K)``."""
+    n_ref, n_part, n_bins = x_hist.shape
+    for r in range(n_ref):
+        for p in range(n_part - 1, 0, -1):
+            for k in range(n_bins):
+                x_hist[r, p, k] = x_hist[r, p - 1, k]
+        for k in range(n_bins):
+            x_hist[r, 0, k] = x_new[r, k]
+
+
+@kernel
+def echo_spectrum_kernel(x_hist: np.ndarray, w: np.ndarray, y_hat: np.ndarray) -> None:
+    """``y_hat[m, k] = sum_{r,p} w[m, r, p, k] x_hist[r, p, k]`` (all complex128)."""
+    n_mic, n_ref, n_part, n_bins = w.shape
+    for m in range(n_mic):
+        for k in range(n_bins):
+            acc = 0j
+            for r in range(n_ref):
+                for p in range(n_part):
+                    acc += w[m, r, p, k] * x_hist[r, p, k]
+            y_hat[m, k] = acc
+
+
+@kernel
+def error_kernel(
+    mic: np.ndarray, y_hat_time: np.ndarray, err: np.ndarray, echo: np.ndarray, err_pad: np.ndarray
+) -> None:
+    """``echo = y_hat_time[:, N:]``, ``err = mic - echo`` (float32, ``(n_mic, N)``) and
+    ``err_pad = [0_N | err]`` (float64, ``(n_mic, 2N)``)."""
+    n_mic, n = mic.shape
+    for m in range(n_mic):
+        for i in range(n):
+            yh = y_hat_time[m, n + i]
+            e = np.float32(mic[m, i] - yh)
+            echo[m, i] = np.float32(yh)
+            err[m, i] = e
+            err_pad[m, i] = 0.0
+            err_pad[m, n + i] = e
+
+
+@kernel
+def kalman_gain_kernel(
+    x_hist: np.ndarray,
+    e_spec: np.ndarray,
+    psi: np.ndarray,
+    p_cov: np.ndarray,
+    beta: float,
+    overlap: float,
+    misalign: float,
+    psi_floor: float,
+    grad: np.ndarray,
+) -> None:
+    """Error PSD, Kalman gain, unconstrained update and the ``P`` measurement update.
+
+    ``psi = beta psi + (1 - beta) |E|^2``; ``D = sum P |X|^2 + psi``; ``K = P X^* / D``;
+    ``grad = K E``; ``P <- (1 - overlap K X) P`` (``overlap = N / M``).
+    x_hist ``(n_ref, P, K)`` c128, e_spec ``(n_mic, K)`` c128, psi ``(n_mic, K)`` f64,
+    p_cov ``(n_mic, n_ref, P, K)`` f64, grad like p_cov in c128.
+    """
+    n_mic, n_ref, n_part, n_bins = p_cov.shape
+    for m in range(n_mic):
+        for k in range(n_bins):
+            e = e_spec[m, k]
+            e2 = e.real * e.real + e.imag * e.imag
+            psi[m, k] = beta * psi[m, k] + (1.0 - beta) * e2
+            pxx = 0.0
+            for r in range(n_ref):
+                for p in range(n_part):
+                    x = x_hist[r, p, k]
+                    pxx += p_cov[m, r, p, k] * (x.real * x.real + x.imag * x.imag)
+            psi_ss = max(psi[m, k] - misalign * pxx, psi_floor * psi[m, k])
+            inv = 1.0 / (pxx + psi_ss + 1e-20)
+            for r in range(n_ref):
+                for p in range(n_part):
+                    x = x_hist[r, p, k]
+                    x2 = x.real * x.real + x.imag * x.imag
+                    pk = p_cov[m, r, p, k]
+                    grad[m, r, p, k] = pk * inv * np.conj(x) * e
+                    p_cov[m, r, p, k] = pk * (1.0 - overlap * pk * x2 * inv)
+
+
+@kernel
+def constrain_kernel(grad_time: np.ndarray) -> None:
+    """Zero the last half of every ``(..., 2N)`` gradient impulse response (flattened to
+    ``(n_filters, 2N)``): the gradient constraint of overlap-save."""
+    n_f, m2 = grad_time.shape
+    n = m2 // 2
+    for f in range(n_f):
+        for i in range(n, m2):
+            grad_time[f, i] = 0.0
+
+
+@kernel
+def state_update_kernel(w: np.ndarray, grad: np.ndarray, p_cov: np.ndarray, a2: float) -> None:
+    """``W += grad``; ``P = A^2 P + (1 - A^2) |W|^2`` (time update)."""
+    n_mic, n_ref, n_part, n_bins = w.shape
+    for m in range(n_mic):
+        for r in range(n_ref):
+            for p in range(n_part):
+                for k in range(n_bins):
+                    v = w[m, r, p, k] + grad[m, r, p, k]
+                    w[m, r, p, k] = v
+                    p_cov[m, r, p, k] = a2 * p_cov[m, r, p, k] + (1.0 - a2) * (
+                        v.real * v.real + v.imag * v.imag
+                    )
+
+
+@kernel
+def monitor_kernel(
+    mic: np.ndarray,
+    err: np.ndarray,
+    echo: np.ndarray,
+    ref: np.ndarray,
+    params: np.ndarray,
+    pow_state: np.ndarray,
+    counters: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Powers, far-end activity, double talk, ERLE and divergence for one block.
+
+    params: ``[power_smoothing, erle_smoothing, far_threshold (power), dt_ratio,
+    divergence_ratio, divergence_blocks, dt_hold_blocks]``.
+    pow_state ``(n_mic, 6)`` f64: smoothed ``P_y, P_e, P_echo``, ERLE powers ``P_y, P_e``,
+    spare; counters ``(n_mic + 1,)`` int64: per-mic divergence run, then the double-talk
+    hold. out ``(4 + n_mic,)`` f64: far active, double talk, ERLE (dB, nan before any),
+    path change, then per-mic ERLE (dB).
+    """
+    n_mic, n = mic.shape
+    a, a_erle, far_thr, dt_ratio, div_ratio = (
+        params[0],
+        params[1],
+        params[2],
+        params[3],
+        params[4],
+    )
+    div_blocks = int(params[5])
+    hold_blocks = int(params[6])
+    px = 0.0
+    for r in range(ref.shape[0]):
+        for i in range(n):
+            px += float(ref[r, i]) * float(ref[r, i])
+    px /= n * ref.shape[0]
+    far = px > far_thr
+    dt_now = False
+    change = False
+    for m in range(n_mic):
+        py = pe = pyh = 0.0
+        for i in range(n):
+            py += float(mic[m, i]) * float(mic[m, i])
+            pe += float(err[m, i]) * float(err[m, i])
+            pyh += float(echo[m, i]) * float(echo[m, i])
+        py /= n
+        pe /= n
+        pyh /= n
+        pow_state[m, 0] = a * pow_state[m, 0] + (1.0 - a) * py
+        pow_state[m, 1] = a * pow_state[m, 1] + (1.0 - a) * pe
+        pow_state[m, 2] = a * pow_state[m, 2] + (1.0 - a) * pyh
+        if far and pow_state[m, 1] > dt_ratio * pow_state[m, 2]:
+            dt_now = True
+        if far and pow_state[m, 1] > div_ratio * pow_state[m, 0] and pow_state[m, 2] > 0.0:
+            counters[m] += 1
+            if counters[m] >= div_blocks:
+                change = True
+        else:
+            counters[m] = 0
+    if dt_now:
+        counters[n_mic] = hold_blocks + 1
+    elif counters[n_mic] > 0:
+        counters[n_mic] -= 1
+    dt = counters[n_mic] > 0
+    if far and not dt:
+        for m in range(n_mic):
+            pow_state[m, 3] = a_erle * pow_state[m, 3] + (1.0 - a_erle) * pow_state[m, 0]
+            pow_state[m, 4] = a_erle * pow_state[m, 4] + (1.0 - a_erle) * pow_state[m, 1]
+    sy = se = 0.0
+    for m in range(n_mic):
+        sy += pow_state[m, 3]
+        se += pow_state[m, 4]
+        if pow_state[m, 3] > 0.0:
+            out[4 + m] = 10.0 * math.log10((pow_state[m, 3] + 1e-30) / (pow_state[m, 4] + 1e-30))
+        else:
+            out[4 + m] = math.nan
+    out[0] = 1.0 if far else 0.0
+    out[1] = 1.0 if dt else 0.0
+    out[2] = 10.0 * math.log10((sy + 1e-30) / (se + 1e-30)) if sy > 0.0 else math.nan
+    out[3] = 1.0 if change else 0.0
+    if change:
+        for m in range(n_mic):
+            counters[m] = 0
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _rfft(x: np.ndarray, out: np.ndarray) -> None:
+    if _FFT_HAS_OUT:
+        np.fft.rfft(x, axis=-1, out=out)
+    else:  # pragma: no cover - numpy < 2
+        out[...] = np.fft.rfft(x, axis=-1)
+
+
+def _irfft(x: np.ndarray, n: int, out: np.ndarray) -> None:
+    if _FFT_HAS_OUT:
+        np.fft.irfft(x, n=n, axis=-1, out=out)
+    else:  # pragma: no cover - numpy < 2
+        out[...] = np.fft.irfft(x, n=n, axis=-1)
+
+
+class EchoCanceller:
+    """Per-microphone PBFDAF/Kalman echo canceller, block by block (see the module doc).
+
+    Args:
+        n_mics: microphones ``n_mic`` (one filter set each).
+        n_refs: reference (playback loopback) channels ``n_ref``.
+        block_samples: block ``N`` (use the DSP hop: no added latency).
+        fs_hz: sample rate (Hz).
+        params: :class:`AecParams`.
+        max_delay_samples: largest bulk delay :meth:`set_delay` may apply.
+
+    After each :meth:`process`: :attr:`echo` ``(n_mic, N)`` float32 (echo estimate),
+    :attr:`far_active`, :attr:`double_talk`, :attr:`erle_db`, :attr:`path_changed`.
+    Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        n_mics: int,
+        n_refs: int,
+        block_samples: int,
+        fs_hz: float = 16000,
+        params: AecParams | None = None,
+        max_delay_samples: int = 0,
+    ) -> None:
+        self.n_mics = check_positive_int(n_mics, "n_mics")
+        self.n_refs = check_positive_int(n_refs, "n_refs")
+        self.block_samples = n = check_positive_int(block_samples, "block_samples")
+        if not (isinstance(fs_hz, (int, float)) and fs_hz > 0):
+            raise SignalShapeError(f"fs_hz must be > 0, got {fs_hz!r}")
+        if not (isinstance(max_delay_samples, int) and max_delay_samples >= 0):
+            raise SignalShapeError(
+                f"max_delay_samples must be an int >= 0, got {max_delay_samples!r}"
+            )
+        self.fs_hz = float(fs_hz)
+        self.params = p = params or AecParams()
+        self.n_partitions = n_partitions(p.tail_ms, fs_hz, n)
+        self.n_bins = n + 1
+        self.max_delay_samples = max_delay_samples
+        self.delay_samples = 0
+        shape = (self.n_mics, self.n_refs, self.n_partitions, self.n_bins)
+        self._ring = np.zeros((self.n_refs, max_delay_samples + n), np.float32)
+        self._ring_pos = np.zeros(1, np.int64)
+        self._x_cur = np.zeros((self.n_refs, n), np.float32)
+        self._x_prev = np.zeros((self.n_refs, n), np.float32)
+        self._x_frames = np.zeros((self.n_refs, 2 * n), np.float64)
+        self._x_new = np.zeros((self.n_refs, self.n_bins), np.complex128)
+        self._x_hist = np.zeros((self.n_refs, self.n_partitions, self.n_bins), np.complex128)
+        self._w = np.zeros(shape, np.complex128)
+        self._p = np.full(shape, p.initial_state_var, np.float64)
+        self._grad = np.zeros(shape, np.complex128)
+        self._grad_time = np.zeros(shape[:3] + (2 * n,), np.float64)
+        self._grad_time_2d = self._grad_time.reshape(-1, 2 * n)
+        self._y_hat = np.zeros((self.n_mics, self.n_bins), np.complex128)
+        self._y_hat_time = np.zeros((self.n_mics, 2 * n), np.float64)
+        self._err_pad = np.zeros((self.n_mics, 2 * n), np.float64)
+        self._e_spec = np.zeros((self.n_mics, self.n_bins), np.complex128)
+        self._psi = np.zeros((self.n_mics, self.n_bins), np.float64)
+        self.out = np.zeros((self.n_mics, n), np.float32)
+        """``(n_mic, N)`` float32 error (echo-cancelled mics) of the last block."""
+        self.echo = np.zeros((self.n_mics, n), np.float32)
+        """``(n_mic, N)`` float32 echo estimate of the last block."""
+        self._mon_params = np.array(
+            [
+                p.power_smoothing,
+                p.erle_smoothing,
+                10.0 ** (p.far_threshold_db / 10.0),
+                10.0 ** (p.double_talk_db / 10.0),
+                p.divergence_ratio,
+                p.divergence_blocks,
+                p.double_talk_hold_blocks,
+            ],
+            np.float64,
+        )
+        self._pow = np.zeros((self.n_mics, 6), np.float64)
+        self._counters = np.zeros(self.n_mics + 1, np.int64)
+        self._mon = np.zeros(4 + self.n_mics, np.float64)
+        self._mon[2:] = math.nan
+        self.path_changes_total = 0
+
+    @property
+    def latency_samples(self) -> int:
+        """Algorithmic latency the canceller adds: 0 (it works on the DSP block itself)."""
+        return 0
+
+    @property
+    def far_active(self) -> bool:
+        """The reference carried playback in the last block."""
+        return bool(self._mon[0])
+
+    @property
+    def double_talk(self) -> bool:
+        """Far end active and near-end speech present (with hangover)."""
+        return bool(self._mon[1])
+
+    @property
+    def erle_db(self) -> float:
+        """ERLE over far-end-only blocks, all mics pooled (dB; ``nan`` before any)."""
+        return float(self._mon[2])
+
+    @property
+    def erle_db_per_mic(self) -> np.ndarray:
+        """``(n_mic,)`` ERLE per microphone (dB; a view)."""
+        return self._mon[4:]
+
+    @property
+    def path_changed(self) -> bool:
+        """The last block declared an echo-path change (``P`` was reset)."""
+        return bool(self._mon[3])
+
+    def set_delay(self, delay_samples: int) -> None:
+        """Delay the reference by ``delay_samples`` (bulk delay); restarts the filter."""
+        if not (
+            isinstance(delay_samples, (int, np.integer))
+            and 0 <= delay_samples <= self.max_delay_samples
+        ):
+            raise SignalShapeError(
+                f"delay_samples must be in [0, {self.max_delay_samples}], got {delay_samples!r}"
+            )
+        if int(delay_samples) != self.delay_samples:
+            self.delay_samples = int(delay_samples)
+            self._restart_filter()
+
+    def _restart_filter(self) -> None:
+        self._w.fill(0)
+        self._p.fill(self.params.initial_state_var)
+        self._psi.fill(0)
+
+    def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """Cancel the echo of ``ref (n_ref, N)`` in ``mic (n_mic, N)`` (float32); return the
+        ``(n_mic, N)`` float32 error (this object's buffer, overwritten next call)."""
+        n = self.block_samples
+        mic = check_array(mic, "mic", (self.n_mics, n), np.float32)
+        ref = check_array(ref, "ref", (self.n_refs, n), np.float32)
+        delay_line_kernel(self._ring, self._ring_pos, ref, self.delay_samples, self._x_cur)
+        frame_kernel(self._x_prev, self._x_cur, self._x_frames)
+        _rfft(self._x_frames, self._x_new)
+        push_spectrum_kernel(self._x_hist, self._x_new)
+        echo_spectrum_kernel(self._x_hist, self._w, self._y_hat)
+        _irfft(self._y_hat, 2 * n, self._y_hat_time)
+        error_kernel(mic, self._y_hat_time, self.out, self.echo, self._err_pad)
+        _rfft(self._err_pad, self._e_spec)
+        p = self.params
+        kalman_gain_kernel(
+            self._x_hist,
+            self._e_spec,
+            self._psi,
+            self._p,
+            p.psi_smoothing,
+            0.5,
+            p.misalignment,
+            p.psi_floor,
+            self._grad,
+        )
+        _irfft(self._grad, 2 * n, self._grad_time)
+        constrain_kernel(self._grad_time_2d)
+        _rfft(self._grad_time, self._grad)
+        state_update_kernel(self._w, self._grad, self._p, p.path_forget**2)
+        monitor_kernel(
+            mic,
+            self.out,
+            self.echo,
+            self._x_cur,
+            self._mon_params,
+            self._pow,
+            self._counters,
+            self._mon,
+        )
+        if self._mon[3]:
+            self.path_changes_total += 1
+            self._p.fill(p.initial_state_var)
+        return self.out
+
+    def reset(self) -> None:
+        """Back to silence: filter, reference history, monitors (keeps the bulk delay)."""
+        self._restart_filter()
+        for buf in (
+            self._ring,
+            self._ring_pos,
+            self._x_prev,
+            self._x_hist,
+            self._pow,
+            self._counters,
+        ):
+            buf.fill(0)
+        self._mon[:2] = 0.0
+        self._mon[2:] = math.nan
+        self._mon[3] = 0.0
+
+    def warmup(self) -> None:
+        """Compile (or load) every kernel, then :meth:`reset`."""
+        n = self.block_samples
+        self.process(np.zeros((self.n_mics, n), np.float32), np.zeros((self.n_refs, n), np.float32))
+        self.reset()
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def aec_reference(
+    mic: np.ndarray,
+    ref: np.ndarray,
+    block_samples: int,
+    fs_hz: float = 16000,
+    params: AecParams | None = None,
+    delay_samples: int = 0,
+) -> dict[str, np.ndarray]:
+    """Whole-signal numpy reference of :class:`EchoCanceller` (same algorithm, no kernels).
+
+    mic ``(n_mic, n_blocks * N)`` and ref ``(n_ref, n_blocks * N)`` float32. Returns
+    ``{"out": (n_mic, n) float32, "echo": (n_mic, n) float32, "far": (n_blocks,),
+    "double_talk": (n_blocks,), "erle_db": (n_blocks,), "path_change": (n_blocks,)}``.
+    """
+    p = params or AecParams()
+    n = block_samples
+    n_mic, total = mic.shape
+    n_ref = ref.shape[0]
+    n_blocks = total // n
+    n_part = n_partitions(p.tail_ms, fs_hz, n)
+    k_bins = n + 1
+    ref_d = np.concatenate([np.zeros((n_ref, delay_samples), np.float32), ref], axis=1)
+    w = np.zeros((n_mic, n_ref, n_part, k_bins), np.complex128)
+    pc = np.full(w.shape, p.initial_state_var)
+    psi = np.zeros((n_mic, k_bins))
+    x_hist = np.zeros((n_ref, n_part, k_bins), np.complex128)
+    x_prev = np.zeros((n_ref, n), np.float32)
+    pw = np.zeros((n_mic, 5))
+    div = np.zeros(n_mic, int)
+    hold = 0
+    thr_far = 10.0 ** (p.far_threshold_db / 10.0)
+    dt_ratio = 10.0 ** (p.double_talk_db / 10.0)
+    a, ae = p.power_smoothing, p.erle_smoothing
+    out = np.zeros((n_mic, n_blocks * n), np.float32)
+    echo = np.zeros_like(out)
+    res = {k: np.zeros(n_blocks) for k in ("far", "double_talk", "erle_db", "path_change")}
+    for b in range(n_blocks):
+        sl = slice(b * n, (b + 1) * n)
+        x_cur = ref_d[:, sl]
+        x_new = np.fft.rfft(np.concatenate([x_prev, x_cur], axis=1).astype(np.float64))
+        x_prev = x_cur.copy()
+        x_hist = np.concatenate([x_new[:, None], x_hist[:, :-1]], axis=1)
+        y_hat = np.einsum("mrpk,rpk->mk", w, x_hist)
+        yh = np.fft.irfft(y_hat, 2 * n)[:, n:]
+        e = (mic[:, sl] - yh).astype(np.float32)
+        out[:, sl] = e
+        echo[:, sl] = yh.astype(np.float32)
+        e_spec = np.fft.rfft(np.concatenate([np.zeros((n_mic, n)), e.astype(np.float64)], 1))
+        psi = p.psi_smoothing * psi + (1 - p.psi_smoothing) * np.abs(e_spec) ** 2
+        x2 = np.abs(x_hist) ** 2
+        pxx = np.einsum("mrpk,rpk->mk", pc, x2)
+        psi_ss = np.maximum(psi - p.misalignment * pxx, p.psi_floor * psi)
+        den = pxx + psi_ss + 1e-20
+        gain = pc / den[:, None, None, :]
+        grad = gain * np.conj(x_hist)[None] * e_spec[:, None, None, :]
+        pc = pc * (1.0 - 0.5 * gain * x2[None])
+        gt = np.fft.irfft(grad, 2 * n)
+        gt[..., n:] = 0.0
+        w = w + np.fft.rfft(gt)
+        a2 = p.path_forget**2
+        pc = a2 * pc + (1 - a2) * np.abs(w) ** 2
+        # monitors
+        px = float(np.mean(x_cur.astype(np.float64) ** 2))
+        far = px > thr_far
+        py = np.mean(mic[:, sl].astype(np.float64) ** 2, axis=1)
+        pe = np.mean(e.astype(np.float64) ** 2, axis=1)
+        pyh = np.mean(echo[:, sl].astype(np.float64) ** 2, axis=1)
+        pw[:, 0] = a * pw[:, 0] + (1 - a) * py
+        pw[:, 1] = a * pw[:, 1] + (1 - a) * pe
+        pw[:, 2] = a * pw[:, 2] + (1 - a) * pyh
+        dt_now = far and bool(np.any(pw[:, 1] > dt_ratio * pw[:, 2]))
+        bad = far & (pw[:, 1] > p.divergence_ratio * pw[:, 0]) & (pw[:, 2] > 0)
+        div = np.where(bad, div + 1, 0)
+        change = bool(np.any(div >= p.divergence_blocks))
+        hold = p.double_talk_hold_blocks + 1 if dt_now else max(hold - 1, 0)
+        dt = hold > 0
+        if far and not dt:
+            pw[:, 3] = ae * pw[:, 3] + (1 - ae) * pw[:, 0]
+            pw[:, 4] = ae * pw[:, 4] + (1 - ae) * pw[:, 1]
+        sy, se = pw[:, 3].sum(), pw[:, 4].sum()
+        res["far"][b] = far
+        res["double_talk"][b] = dt
+        res["erle_db"][b] = 10 * np.log10((sy + 1e-30) / (se + 1e-30)) if sy > 0 else np.nan
+        res["path_change"][b] = change
+        if change:
+            div[:] = 0
+            pc = np.full(w.shape, p.initial_state_var)
+    return {"out": out, "echo": echo, **res}
