@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -29,20 +30,40 @@ def register(sub: Any) -> None:
                         "number")
     boards.set_defaults(func=_cmd_boards)
 
-    cal = sub.add_parser("calibrate", help="measure gains, dead mics and channel order from a "
-                         "recording and write a calibration file")
-    cal.add_argument("recording", type=Path, help="multichannel WAV of one source (talker or "
-                     "loudspeaker, 1 m or more away), as captured (all channels) or mics only")
-    geo = cal.add_mutually_exclusive_group(required=True)
+    cal = sub.add_parser("calibrate", help="measure gains, dead mics, channel order, mic "
+                         "delays and device drift from a recording (or live) and write a "
+                         "calibration file")
+    cal.add_argument("recording", type=Path, nargs="*", help="multichannel WAV of one source "
+                     "(talker or loudspeaker, 1 m or more away), as captured (all channels) "
+                     "or mics only; several files: one per capture device, in geometry row "
+                     "order")
+    cal.add_argument("--live", action="store_true", help="record from the configured capture "
+                     "device(s) instead of a file")
+    cal.add_argument("--seconds", type=float, default=10.0, help="--live: seconds to record "
+                     "(default 10; 20 or more for a drift within 1 ppm)")
+    cal.add_argument("--save-recording", type=Path, metavar="WAV", help="--live: also keep "
+                     "the recording")
+    geo = cal.add_mutually_exclusive_group()
     geo.add_argument("--board", metavar="NAME", help="board profile (mica boards)")
     geo.add_argument("--array", type=Path, metavar="JSON", help="geometry sidecar (geometry_m)")
+    cal.add_argument("--config", type=Path, metavar="TOML", help="daemon config: capture "
+                     "device(s), geometry and mic channels (with --board: the file over the "
+                     "profile)")
     cal.add_argument("--noise", type=Path, metavar="WAV", help="diffuse-noise recording for the "
                      "gains (default: the main recording)")
+    cal.add_argument("--played", type=Path, metavar="WAV", help="the signal the loudspeaker "
+                     "played (a sweep): mic delays measured against it")
+    cal.add_argument("--device-split", metavar="N,N,...", help="the recording's mics come "
+                     "from several devices: mics per device, in order (first: clock "
+                     "reference)")
     cal.add_argument("--azimuth", type=float, metavar="DEG", help="source azimuth in the "
-                     "profile frame, if known: pins down the order of symmetric arrays")
+                     "profile frame, if known: pins down the order of symmetric arrays and "
+                     "the mic delays")
     cal.add_argument("--elevation", type=float, metavar="DEG", help="source elevation, if known")
     cal.add_argument("--min-confidence", type=float, default=0.5, help="write a new channel "
                      "order only above this confidence (default 0.5)")
+    cal.add_argument("--min-delay-us", type=float, default=None, metavar="US", help="write "
+                     "mic delay corrections only when one reaches this (default 10 us)")
     cal.add_argument("--out", type=Path, help="calibration JSON to write (default: print only)")
     cal.add_argument("--json", action="store_true", help="print the result as JSON")
     cal.set_defaults(func=_cmd_calibrate)
@@ -100,131 +121,241 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
     return data.T, int(fs)
 
 
-def _select_mics(x: np.ndarray, channels: int | None, mic_channels: list[int],
-                 path: Path) -> tuple[np.ndarray, list[int]]:
-    """The mic channels of a recording and their capture channel numbers."""
+@dataclass
+class _Array:
+    """What the calibration is measured against (profile, sidecar or daemon config)."""
+
+    positions_m: Any
+    mic_channels: list[int]
+    capture_channels: int | None
+    board: str
+    cfg: Any = None
+
+
+def _array_from_args(args: argparse.Namespace) -> _Array:
+    from mica.array_dsp.geometry import load_geometry_json
+    from mica.calibration.profiles import load_profile
+
+    if args.config is not None or (args.live and args.board):
+        from mica.device.config import load_config
+        from mica.device.service import resolve_geometry
+
+        cfg = load_config(args.config, board=args.board)
+        geom = resolve_geometry(cfg)
+        mics = list(cfg.array.mic_channels) or list(range(geom.n_channels))
+        board = args.board or cfg.device.board
+        return _Array(geom.positions_m, mics, cfg.capture.channels, board, cfg)
+    if args.board:
+        profile = load_profile(args.board)
+        return _Array(profile.geometry.positions_m, list(profile.mic_channels),
+                      profile.channels, profile.name)
+    if args.array:
+        geom = load_geometry_json(args.array)
+        return _Array(geom.positions_m, list(range(geom.n_channels)), None, "")
+    raise CalibrationUsageError("give the array: --board NAME, --array JSON or --config TOML")
+
+
+class CalibrationUsageError(MicaError):
+    """The calibrate command line does not describe a measurement."""
+
+
+def record_live(cfg: Any, seconds: float, mic_channels: list[int] | None = None
+                ) -> tuple[np.ndarray, int, list[tuple[str, list[int]]]]:
+    """Record ``seconds`` from the capture device(s) of ``cfg`` (the daemon's sources).
+
+    Returns the mics ``(n_mics, n)`` in geometry row order, the rate, and for several
+    devices (``[[capture.devices]]``) each device's name and geometry rows.
+    """
+    import threading
+
+    import numpy as np
+
+    from mica.device.sources.factory import open_source
+
+    cap = cfg.capture
+    n_blocks = max(1, int(round(seconds * cap.fs_hz / cap.period_frames)))
+    if cap.devices:
+        from mica.device.sources.alsa import AlsaSource
+
+        sources = []
+        groups: list[tuple[str, list[int]]] = []
+        try:
+            for dev in cap.devices:
+                mics = list(dev.mic_channels) or list(range(dev.channels))
+                sources.append(AlsaSource(dev.alsa_device, channels=dev.channels,
+                                          fs_hz=cap.fs_hz, format=dev.format,
+                                          period_frames=cap.period_frames, select=mics))
+                groups.append((dev.alsa_device, list(dev.geometry_rows)))
+        except BaseException:
+            for src in sources:
+                src.close()
+            raise
+        # the reference device first: it is the clock the others are measured against
+        ref = next((i for i, d in enumerate(cap.devices) if d.reference), 0)
+        order = [ref] + [i for i in range(len(sources)) if i != ref]
+    else:
+        sources = [open_source(cap, mic_channels)]
+        groups = []
+        order = [0]
+    chunks: list[list[np.ndarray]] = [[] for _ in sources]
+    errors: list[BaseException] = []
+
+    def read_all(i: int) -> None:
+        try:
+            for _ in range(n_blocks):
+                chunks[i].append(sources[i].read().samples)
+        except BaseException as err:  # reported below, in the caller's thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=read_all, args=(i,), daemon=True)
+               for i in range(len(sources))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for src in sources:
+            src.close()
+    if errors:
+        raise errors[0]
+    per_dev = [np.concatenate(c, axis=1).astype(np.float64) for c in chunks]
+    fs = int(getattr(sources[0], "fs_hz", cap.fs_hz))
+    if not groups:
+        return per_dev[0], fs, []
+    n = min(d.shape[1] for d in per_dev)
+    n_rows = sum(len(g) for _, g in groups)
+    x = np.zeros((n_rows, n))
+    for (_, rows), d in zip(groups, per_dev, strict=True):
+        x[rows] = d[:, :n]
+    return x, fs, [groups[i] for i in order]
+
+
+def _read_recordings(paths: list[Path]) -> tuple[np.ndarray, int, list[tuple[str, list[int]]]]:
+    """One or several WAVs (one per device) as one ``(n_ch, n)`` signal and its groups."""
+    import numpy as np
+
     from mica.calibration.measure import CalibrationError
 
-    n_mics = len(mic_channels)
-    if x.shape[0] == n_mics:
-        return x, list(mic_channels)
-    if channels is not None and x.shape[0] == channels:
-        return x[mic_channels], list(mic_channels)
-    raise CalibrationError(f"{path}: {x.shape[0]} channel(s); expected {n_mics} (mics only)"
-                           + (f" or {channels} (as captured)" if channels else ""))
+    parts = [_read_wav(p) for p in paths]
+    rates = {fs for _, fs in parts}
+    if len(rates) != 1:
+        raise CalibrationError(f"recordings at different rates {sorted(rates)} Hz: "
+                               f"{', '.join(map(str, paths))}")
+    n = min(x.shape[1] for x, _ in parts)
+    x = np.concatenate([x[:, :n] for x, _ in parts], axis=0)
+    groups, row = [], 0
+    for p, (xi, _) in zip(paths, parts, strict=True):
+        groups.append((p.name, list(range(row, row + xi.shape[0]))))
+        row += xi.shape[0]
+    return x, rates.pop(), (groups if len(paths) > 1 else [])
 
 
-def calibrate(recording: Path, positions_m: np.ndarray, mic_channels: list[int],
+def _split_groups(spec: str, n: int) -> list[tuple[str, list[int]]]:
+    try:
+        sizes = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if len(sizes) < 2 or any(s < 1 for s in sizes) or sum(sizes) != n:
+        raise CalibrationUsageError(f"--device-split {spec!r}: give the mics of each device, "
+                                    f"two or more positive counts adding up to {n}")
+    groups, row = [], 0
+    for i, size in enumerate(sizes):
+        groups.append((f"device{i}", list(range(row, row + size))))
+        row += size
+    return groups
+
+
+def calibrate(recording: Path | list[Path], positions_m: np.ndarray, mic_channels: list[int],
               capture_channels: int | None = None, noise: Path | None = None,
               azimuth_deg: float | None = None, elevation_deg: float | None = None,
-              min_confidence: float = 0.5, board: str = "") -> dict[str, Any]:
-    """Run every procedure on a recording; return the report and the :class:`Calibration`.
+              min_confidence: float = 0.5, board: str = "", played: Path | None = None,
+              device_split: str | None = None, min_delay_us: float | None = None) -> Any:
+    """Run every procedure on recorded file(s) (see :mod:`mica.calibration.procedure`)."""
+    from mica.calibration.delays import MIN_DELAY_US
 
-    The report (a dict) holds ``health``, ``gains``, ``order``, ``summary`` (lines for a
-    technician) and ``calibration`` (the object to save).
-    """
-    import numpy as np
+    paths = recording if isinstance(recording, list) else [recording]
+    x_all, fs, groups = _read_recordings(paths)
+    if len(paths) > 1 and x_all.shape[0] != len(mic_channels):
+        from mica.calibration.measure import CalibrationError
 
-    from mica.calibration.calfile import Calibration, utc_now
-    from mica.calibration.measure import channel_health, check_channel_order, estimate_gains
+        raise CalibrationError(f"{len(paths)} recordings hold {x_all.shape[0]} channels in "
+                               f"all; one file per device needs the {len(mic_channels)} mics "
+                               "only, in geometry row order")
+    return _run(x_all, fs, positions_m, mic_channels, capture_channels, noise, azimuth_deg,
+                elevation_deg, min_confidence, board, ", ".join(map(str, paths)), played,
+                device_split, groups, MIN_DELAY_US if min_delay_us is None else min_delay_us)
 
-    x_all, fs = _read_wav(recording)
-    x, chans = _select_mics(x_all, capture_channels, mic_channels, recording)
-    n = len(chans)
-    health = channel_health(x, fs)
-    dead = health.dead
-    live = [i for i in range(n) if i not in dead]
+
+def _run(x_all: np.ndarray, fs: int, positions_m: np.ndarray, mic_channels: list[int],
+         capture_channels: int | None, noise: Path | None, azimuth_deg: float | None,
+         elevation_deg: float | None, min_confidence: float, board: str, recording: str,
+         played: Path | None, device_split: str | None,
+         groups: list[tuple[str, list[int]]], min_delay_us: float) -> Any:
+    from mica.calibration.measure import CalibrationError
+    from mica.calibration.procedure import calibrate_samples
+
+    noise_x = None
     if noise is not None:
-        xn_all, fs_n = _read_wav(noise)
-        xn, _ = _select_mics(xn_all, capture_channels, mic_channels, noise)
-        gains = estimate_gains(xn, fs_n, exclude=dead)
-    else:
-        gains = estimate_gains(x, fs, exclude=dead)
-    # order among the live channels; a dead channel keeps its profile mic
-    order = None
-    mic_of_channel = np.arange(n)
-    if len(live) >= 2:
-        order = check_channel_order(x[live], fs, np.asarray(positions_m)[live], azimuth_deg,
-                                    elevation_deg)
-        mic_of_channel[live] = np.asarray(live)[order.mic_of_channel]
-    reorder = (order is not None and not order.is_identity
-               and order.confidence >= min_confidence)
-    use_map = mic_of_channel if reorder else np.arange(n)
-    channel_of_mic = np.argsort(use_map)
-    gain_db = [float(gains.correction_db[channel_of_mic[k]]) for k in range(n)]
-    excluded = sorted(int(use_map[i]) for i in dead)
-    cal = Calibration(
-        n_mics=n, gain_db=tuple(gain_db), excluded_mics=tuple(excluded),
-        mic_channels=tuple(int(chans[channel_of_mic[k]]) for k in range(n)) if reorder
-        else None,
-        board=board, created_utc=utc_now(),
-        method=("gain: diffuse-noise PSD ratio vs array median "
-                f"({gains.band_hz[0]:.0f}-{gains.band_hz[1]:.0f} Hz); order: GCC-PHAT "
-                "delays vs far-field model; dead mic: level/coherence"),
-        recording=str(recording),
-        measurements={
-            "level_db": [round(float(v), 3) for v in gains.level_db],
-            "gain_spread_db": [round(float(v), 3) for v in gains.spread_db],
-            "rms_dbfs": [round(float(v), 2) for v in health.rms_dbfs],
-            "verdicts": health.verdicts,
-            "order_confidence": None if order is None else round(order.confidence, 3),
-            "order_rms_us": None if order is None else round(order.rms_us, 2),
-            "order_mic_of_channel": [int(v) for v in mic_of_channel],
-            "source_azimuth_deg": None if order is None else round(order.azimuth_deg, 1),
-            "noise_recording": str(noise) if noise else None,
-        })
-    summary = _summary(chans, health, gains, order, mic_of_channel, reorder, min_confidence)
-    return {"health": health, "gains": gains, "order": order, "summary": summary,
-            "calibration": cal, "mic_of_channel": mic_of_channel}
-
-
-def _summary(chans: list[int], health: Any, gains: Any, order: Any, mic_of_channel: np.ndarray,
-             reorder: bool, min_confidence: float) -> list[str]:
-    import numpy as np
-
-    lines = ["channel  mic  level    rel.level  gain fix  verdict"]
-    for i, ch in enumerate(chans):
-        lines.append(f"{ch:7d}  {int(mic_of_channel[i]):3d}  {health.rms_dbfs[i]:6.1f} dBFS "
-                     f"{gains.level_db[i]:+6.2f} dB {gains.correction_db[i]:+6.2f} dB  "
-                     f"{health.verdicts[i]}")
-    dead = health.dead
-    lines.append(f"dead mics: {', '.join(f'channel {chans[i]}' for i in dead) or 'none'}")
-    spread = float(np.max(gains.spread_db))
-    lines.append(f"gains: max spread of the per-band estimates {spread:.2f} dB"
-                 + (" (noise not diffuse enough: use --noise with a fan or pink noise)"
-                    if spread > 3.0 else ""))
-    if order is None:
-        lines.append("channel order: not checked (fewer than 2 live mics)")
-    else:
-        found = [int(m) for m in mic_of_channel]
-        verdict = ("matches the profile" if order.is_identity else
-                   f"DIFFERS from the profile: channels carry mics {found}")
-        lines.append(f"channel order: {verdict}; confidence {order.confidence:.2f} "
-                     f"(fit {order.rms_us:.1f} us, next {order.rms_next_us:.1f} us), "
-                     f"source at {order.azimuth_deg:.0f} deg")
-        if not order.is_identity and not reorder:
-            lines.append(f"  not written: confidence below {min_confidence}")
-        lines.extend(f"  note: {n}" for n in order.notes)
-    return lines
+        noise_x, fs_n = _read_wav(noise)
+        if fs_n != fs:
+            raise CalibrationError(f"{noise}: {fs_n} Hz, the recording {fs} Hz")
+    played_x = None
+    if played is not None:
+        p, fs_p = _read_wav(played)
+        if fs_p != fs:
+            raise CalibrationError(f"{played}: {fs_p} Hz, the recording {fs} Hz")
+        played_x = p.mean(axis=0)
+    if device_split:
+        if groups:
+            raise CalibrationUsageError("--device-split is for one recording holding every "
+                                        "device's mics; several files already split them")
+        groups = _split_groups(device_split, len(mic_channels))
+    return calibrate_samples(x_all, fs, positions_m, mic_channels, capture_channels, noise_x,
+                             azimuth_deg, elevation_deg, min_confidence, board, recording,
+                             str(noise) if noise else None, played_x, groups or None,
+                             min_delay_us)
 
 
 def _cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    from mica.array_dsp.geometry import load_geometry_json
     from mica.calibration.calfile import save_calibration
-    from mica.calibration.profiles import load_profile
+    from mica.calibration.delays import MIN_DELAY_US
 
-    if args.board:
-        profile = load_profile(args.board)
-        positions, chans, capture = (profile.geometry.positions_m, list(profile.mic_channels),
-                                     profile.channels)
-        board = profile.name
-    else:
-        geom = load_geometry_json(args.array)
-        positions, chans, capture, board = (geom.positions_m, list(range(geom.n_channels)),
-                                            None, "")
-    report = calibrate(args.recording, positions, chans, capture, args.noise, args.azimuth,
-                       args.elevation, args.min_confidence, board)
+    min_delay = MIN_DELAY_US if args.min_delay_us is None else args.min_delay_us
+    try:
+        if args.live == bool(args.recording):
+            raise CalibrationUsageError("give a recording or --live (not both)")
+        arr = _array_from_args(args)
+        if args.live:
+            if arr.cfg is None:
+                raise CalibrationUsageError("--live needs the capture device: --board NAME "
+                                            "and/or --config TOML")
+            if not args.seconds > 0:
+                raise CalibrationUsageError(f"--seconds must be > 0, got {args.seconds}")
+            out.write(f"recording {args.seconds:g} s from "
+                      + (", ".join(d.alsa_device for d in arr.cfg.capture.devices)
+                         or arr.cfg.capture.alsa_device) + " ...\n")
+            out.flush()
+            mics = list(arr.cfg.array.mic_channels) or None
+            x, fs, groups = record_live(arr.cfg, args.seconds, mics)
+            name = f"live:{arr.cfg.capture.alsa_device}"
+            if args.save_recording:
+                import soundfile as sf
+
+                sf.write(str(args.save_recording), x.T, fs, subtype="FLOAT")
+                name = str(args.save_recording)
+            report = _run(x, fs, arr.positions_m, arr.mic_channels, arr.capture_channels,
+                          args.noise, args.azimuth, args.elevation, args.min_confidence,
+                          arr.board, name, args.played, args.device_split, groups, min_delay)
+        else:
+            report = calibrate(list(args.recording), arr.positions_m, arr.mic_channels,
+                               arr.capture_channels, args.noise, args.azimuth, args.elevation,
+                               args.min_confidence, arr.board, args.played, args.device_split,
+                               min_delay)
+    except CalibrationUsageError as err:
+        sys.stderr.write(f"mica calibrate: {err}\n")
+        return EXIT_USAGE
     cal = report["calibration"]
     if args.json:
         out.write(json.dumps(cal.to_dict(), indent=2) + "\n")
