@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mica.device.cli_calibration import register as register_calibration
 
     register_calibration(sub)
+    from mica.device.cli_devices import register as register_devices
+
+    register_devices(sub)
     from mica.device.cli_drift import register as register_drift
 
     register_drift(sub)
