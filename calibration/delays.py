@@ -5,7 +5,7 @@ different group delay, a mic mounted off its nominal place along the look axis) 
 source later than the geometry predicts. With one dominant far-field source, the arrival
 time at mic ``m`` is ``t_m = t_0 - (p_m - c) . s + e_m`` (``s``: slowness ``u / c``,
 ``e_m``: the mic's own delay error). The model part is fitted (``s`` free, or along the
-known source direction with its magnitude fitted), the residual ``e`` (sum zero) is the
+known source direction with its magnitude fitted robustly), the residual ``e`` is the
 error and ``-e`` the correction written to ``delay_s``.
 
 Arrival times come either from GCC-PHAT between the mics (Knapp & Carter 1976; any source,
@@ -39,9 +39,10 @@ class DelayEstimate:
     """Result of :func:`estimate_mic_delays`.
 
     Attributes:
-        arrival_s: ``(n,)`` measured arrival times, mean removed (s).
-        model_s: ``(n,)`` plane-wave arrival times of the fitted source (s, mean zero).
-        residual_s: ``(n,)`` ``arrival - model``: each mic's own delay error (s).
+        arrival_s: ``(n,)`` measured arrival times minus the fitted arrival time (s).
+        model_s: ``(n,)`` plane-wave arrival times of the fitted source (s).
+        residual_s: ``(n,)`` ``arrival - model``: each mic's own delay error (s; sum zero
+            without a known direction).
         correction_s: ``(n,)`` the ``delay_s`` to write: ``-residual`` when the largest
             residual reaches ``min_delay_us``, else zeros.
         rms_us: RMS of the residuals (microseconds).
@@ -59,6 +60,37 @@ class DelayEstimate:
     elevation_deg: float
     method: str
     written: bool
+
+
+def _robust_line(proj_s: np.ndarray, t: np.ndarray, k_min: float, k_max: float
+                 ) -> tuple[float, float]:
+    """``(t0, k)`` of ``t ~ t0 + k proj_s`` that a few late mics do not drag: least median
+    of squares over the lines through every pair of mics (Rousseeuw 1984), then least
+    squares on the mics within 3 robust standard deviations (at least 5 us) of it.
+    ``k`` (the measured over the modelled delay: GCC-PHAT on a noisy recording shrinks every
+    delay a little) is kept within ``[k_min, k_max]``."""
+    n = t.size
+    best = (float(np.median(t)), 1.0)
+    best_med = np.inf
+    for i in range(n):
+        for j in range(i + 1, n):
+            dp = proj_s[j] - proj_s[i]
+            if abs(dp) < 1e-7:
+                continue
+            k = float(np.clip((t[j] - t[i]) / dp, k_min, k_max))
+            t0 = float(np.median(t - k * proj_s))
+            med = float(np.median((t - t0 - k * proj_s) ** 2))
+            if med < best_med:
+                best, best_med = (t0, k), med
+    t0, k = best
+    res = t - t0 - k * proj_s
+    inlier = np.abs(res) <= max(3.0 * 1.4826 * np.sqrt(best_med), 5e-6)
+    if inlier.sum() >= 3:
+        a = np.c_[np.ones(inlier.sum()), proj_s[inlier]]
+        (t0, k), *_ = np.linalg.lstsq(a, t[inlier], rcond=None)
+        k = float(np.clip(k, k_min, k_max))
+        t0 = float(np.mean(t[inlier] - k * proj_s[inlier]))
+    return float(t0), float(k)
 
 
 def arrivals_against_played(x: np.ndarray, played: np.ndarray, fs_hz: float,
@@ -83,7 +115,17 @@ def arrivals_against_played(x: np.ndarray, played: np.ndarray, fs_hz: float,
             raise CalibrationError(f"channel {i}: the played signal is not found in the "
                                    f"recording (GCC-PHAT peak ratio {ratio:.2f}); is it the "
                                    "signal that was played?")
-    t = lags / fs_hz
+    # the common latency in whole samples, then every channel against the shifted played
+    # signal on the 16x interpolated grid of measure.gcc_phat
+    shift = int(round(float(np.median(lags))))
+    shifted = np.zeros(n)
+    if shift >= 0:
+        shifted[shift:] = ref[: n - shift]
+    else:
+        shifted[: n + shift] = ref[-shift:]
+    spread_s = (float(np.max(np.abs(lags - shift))) + 2.0) / fs_hz
+    tdoa = gcc_phat(np.vstack([shifted[None], x]), fs_hz, max_tau_s=spread_s).tdoa_s
+    t = tdoa[1:, 0]
     return t - t.mean()
 
 
@@ -96,9 +138,10 @@ def estimate_mic_delays(x: np.ndarray, fs_hz: float, positions_m: np.ndarray,
 
     ``x``: ``(n, n_samples)`` the mics in geometry order (channel order already fixed);
     ``positions_m``: ``(n, 3)``. With ``azimuth_deg`` (and ``elevation_deg``, default 0)
-    the model is a wave from that direction (its apparent speed fitted, capped at
-    ``1.05 / c``); without, the slowness is the least-squares fit
-    (capped at ``1 / c``). ``played``: the signal the loudspeaker played, if known.
+    the model is a wave from that direction, its arrival time and apparent speed
+    (within ``[0.5, 1.05] c``) fitted robustly, so a late mic stands out alone; without,
+    the slowness is the least-squares fit (capped at ``1 / c``). ``played``: the signal
+    the loudspeaker played, if known.
     """
     p = np.asarray(positions_m, np.float64)
     x = np.asarray(x, np.float64)
@@ -120,19 +163,19 @@ def estimate_mic_delays(x: np.ndarray, fs_hz: float, positions_m: np.ndarray,
     if azimuth_deg is not None:
         # the direction is known; its speed (the room's c, the array's scale) is fitted
         u = direction_unit(azimuth_deg, 0.0 if elevation_deg is None else elevation_deg)
-        proj = centred @ u
-        denom = float(proj @ proj)
-        mag = -float(proj @ t) / denom if denom > 0 else 1.0 / sound_speed_m_s
-        s = u * float(np.clip(mag, 0.0, 1.05 / sound_speed_m_s))
+        proj_s = -(centred @ u) / sound_speed_m_s  # the model at the nominal speed
+        t0, k = _robust_line(proj_s, t, 0.5, 1.05)
+        t = t - t0
+        s = u * (k / sound_speed_m_s)
     else:
         s = -(np.linalg.pinv(centred, rcond=1e-6) @ t)
         norm = float(np.linalg.norm(s))
         if norm > 1.0 / sound_speed_m_s:
             s = s / (norm * sound_speed_m_s)
     model = -(centred @ s)
-    model = model - model.mean()
-    residual = t - model
-    residual = residual - residual.mean()
+    if azimuth_deg is None:
+        model = model - model.mean()
+    residual = t - model  # known direction: zero on the mics that fit, the error elsewhere
     written = bool(np.max(np.abs(residual)) * 1e6 >= min_delay_us)
     correction = -residual if written else np.zeros(n)
     az = float(math.degrees(math.atan2(s[1], s[0])) % 360.0)
