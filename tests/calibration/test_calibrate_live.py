@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from mica.calibration.calfile import load_calibration
+from mica.calibration.delays import MIN_DELAY_US
 from mica.device.cli import main
 from tests.fixtures_alsa import FakeAlsa
 
@@ -55,7 +56,7 @@ def test_live_calibration_undoes_swap_and_gain(corpus_dir: Path, fake_alsa: Fake
     assert np.all(np.abs(np.array(cal.gain_db[1:])) < 0.5)
     assert cal.excluded_mics == () and cal.measurements["order_confidence"] > 0.5
     assert cal.delay_s == (0.0,) * 4  # no mic delay error in the recording: none written
-    assert max(abs(v) for v in cal.measurements["delay_residual_us"]) < 5.0
+    assert max(abs(v) for v in cal.measurements["delay_residual_us"]) < MIN_DELAY_US
     assert json.loads(out.read_text())["recording"] == str(tmp_path / "live.wav")
 
 
