@@ -204,6 +204,21 @@ def calibration_from_dict(doc: Any, source: str = "<calibration>") -> Calibratio
                        source=source)
 
 
+def nominal_drift_by_device(cal: Calibration | None, names: list[str]) -> dict[str, float]:
+    """The calibrated drift (ppm) of each capture device in ``names`` (``[[capture.devices]]``
+    ALSA names): matched by name, or by position when no name matches and the counts agree
+    (a calibration measured from files names the files). The reference device's entry is
+    harmless: the reference has no drift estimate."""
+    if cal is None or not cal.devices:
+        return {}
+    by_name = {d.name: d.drift_ppm for d in cal.devices if d.name in names}
+    if by_name:
+        return by_name
+    if len(cal.devices) == len(names):
+        return {n: d.drift_ppm for n, d in zip(names, cal.devices, strict=True)}
+    return {}
+
+
 def load_calibration(path: str | Path) -> Calibration:
     """Read and check a calibration file."""
     path = Path(path)

@@ -47,6 +47,9 @@ PRIOR_MIN_S = 2.0
 """Seconds of timestamps before a device's rate is used as the drift prior."""
 PRIOR_JITTER_S = 2e-3
 """Assumed timestamp jitter (s) for the prior's uncertainty: ``2 * jitter / span``."""
+NOMINAL_PRIOR_SIGMA_PPM = 5.0
+"""Uncertainty given to a calibrated nominal drift (a crystal moves a few ppm with
+temperature): combined with the ALSA-timestamp prior by inverse variance."""
 
 
 @dataclass
@@ -287,6 +290,8 @@ class MultiCapture:
         queue_blocks: per-device capture queue length.
         wait_s: how long a read waits for a late non-reference device.
         analysis_row: which delivered channel of each device the estimator compares.
+        nominal_drift_ppm: calibrated drift of devices by name (``mica calibrate``), the
+            prior of their estimate (+- :data:`NOMINAL_PRIOR_SIGMA_PPM`).
 
     Raises:
         DeviceError: a device cannot be opened (the others are closed again).
@@ -305,7 +310,9 @@ class MultiCapture:
         queue_blocks: int = 64,
         wait_s: float = 1.0,
         analysis_row: int = 0,
+        nominal_drift_ppm: dict[str, float] | None = None,
     ) -> None:
+        self._nominal = dict(nominal_drift_ppm or {})
         self.aligner = DeviceAligner(
             [s.name for s in specs],
             [list(s.geometry_rows) for s in specs],
@@ -433,6 +440,8 @@ class MultiCapture:
                 # device sample index captured at the reference's first sample
                 guess = (ref_first.t_capture_ns - other.t_capture_ns) * self.fs_hz / _NS
                 dev.comp = self.aligner.start(i, guess)
+                if dev.spec.name in self._nominal:
+                    dev.comp.set_prior(self._nominal[dev.spec.name], NOMINAL_PRIOR_SIGMA_PPM)
             self.aligner.push(i, other.samples, other.gap_frames)
 
     def _maybe_update_priors(self) -> None:
@@ -452,6 +461,10 @@ class MultiCapture:
                 continue
             ppm = (rate[0] / ref_rate[0] - 1.0) * 1e6
             sigma = 1e6 * 2 * PRIOR_JITTER_S / min(rate[1], ref_rate[1])
+            if dev.spec.name in self._nominal:  # the calibrated drift, by inverse variance
+                w_a, w_n = sigma**-2, NOMINAL_PRIOR_SIGMA_PPM**-2
+                ppm = (w_a * ppm + w_n * self._nominal[dev.spec.name]) / (w_a + w_n)
+                sigma = (w_a + w_n) ** -0.5
             if self._use_prior:
                 dev.comp.set_prior(ppm, sigma)
             dev.prior = (ppm, sigma)  # type: ignore[attr-defined]
@@ -503,8 +516,11 @@ def open_multi_capture(
     cfg: Any,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     geometry_m: np.ndarray | None = None,
+    nominal_drift_ppm: dict[str, float] | None = None,
 ) -> MultiCapture:
     """The :class:`MultiCapture` that ``cfg.capture.devices`` and ``cfg.drift`` describe.
+
+    ``nominal_drift_ppm``: calibrated drift per device name, the prior of its estimate.
 
     With ``geometry_m``, each device is aligned so that the talker in the look direction
     (``cfg.dsp``) keeps its physical delay between the devices' analysis channels.
@@ -547,6 +563,7 @@ def open_multi_capture(
         on_event=on_event,
         queue_blocks=cfg.service.ring_blocks,
         wait_s=d.wait_ms / 1e3,
+        nominal_drift_ppm=nominal_drift_ppm,
     )
     if geometry_m is not None:
         multi.set_expected_delays(

@@ -32,6 +32,7 @@ from mica.calibration.calfile import (
     ChannelCorrector,
     apply_calibration,
     load_calibration,
+    nominal_drift_by_device,
 )
 from mica.device.block import Block, Source
 from mica.device.commands import Command, CommandError
@@ -172,8 +173,11 @@ class Service:
                                "does not do yet: capture at the DSP rate"])
         self._audio_sink = audio_sink
         self._source_factory = source_factory or (
-            (lambda: open_multi_capture(cfg, self._on_drift_event,
-                                        self.geometry.positions_m)) if cfg.capture.devices
+            (lambda: open_multi_capture(cfg, self._on_drift_event, self.geometry.positions_m,
+                                        nominal_drift_by_device(
+                                            self.calibration,
+                                            [d.alsa_device for d in cfg.capture.devices])))
+            if cfg.capture.devices
             else (lambda: open_source(cfg.capture, mics)))
         self.enhancer = Enhancer(self.geometry.positions_m, fs_hz=cfg.dsp.fs_hz,
                                  hop_samples=cfg.dsp.hop_samples,
