@@ -20,13 +20,14 @@ partitions per reference channel. Per block ``l``, microphone ``m`` and bin ``k`
 * ``P <- A^2 (1 - (N / M) K X) P + (1 - A^2) |W|^2`` (random-walk echo path, ``A`` from
   :attr:`AecParams.path_forget`).
 
-Monitors (one kernel): smoothed powers of mic ``y``, error ``e``, echo estimate ``y^`` and
-reference ``x``; far end active when the reference is above ``far_threshold_db``; double
-talk when far end is active and ``e`` is more than ``double_talk_db`` of ``y^``; ERLE =
-``10 log10(P_y / P_e)`` averaged over far-end-only blocks; an echo-path change when
-``P_e > divergence_ratio * P_y`` for ``divergence_blocks`` blocks (the filter makes things
-worse than doing nothing: a moved loudspeaker or mic), which resets ``P`` so the filter
-re-converges from where it is at full speed.
+Monitors (two kernels): smoothed powers of mic ``y``, error ``e``, echo estimate ``y^``
+and reference ``x``; far end active when the reference is above ``far_threshold_db``; the
+coherence of the error with the reference (:func:`coherence_kernel`) tells what a large
+error is: near-end speech (incoherent: double talk, when ``e`` is more than
+``double_talk_db`` of ``y^``) or echo the filter no longer models (coherent: an echo-path
+change, when a converged filter's ``e`` rises above ``path_change_db`` of ``y`` for
+``path_change_blocks`` blocks, e.g. the device moved), which restarts the filter (fastest
+re-convergence). ERLE = ``10 log10(P_y / P_e)`` averaged over far-end-only blocks.
 
 Latency: the filter works on the DSP hop itself (``N = hop``), so the error block of input
 block ``l`` is ready when block ``l`` is: the AEC adds **0** samples of algorithmic latency.
@@ -65,14 +66,20 @@ class AecParams:
         misalignment: share of the predicted misalignment echo ``sum P |X|^2`` taken out of
             the error PSD to estimate the near-end PSD (Enzner & Vary 2006, eq. 30).
         psi_floor: the near-end PSD estimate is at least this share of the error PSD.
+        coherence_smoothing: smoothing of the error-reference cross-spectra per block.
         far_threshold_db: reference power (dBFS) above which the far end counts as active.
         double_talk_db: error over echo-estimate power (dB) above which a far-end-active
-            block counts as double talk.
+            block counts as double talk ...
+        double_talk_coherence: ... if the error's coherence with the reference is below
+            this (near-end speech is incoherent with the playback).
         double_talk_hold_blocks: hangover of the double-talk state (blocks).
         power_smoothing: smoothing of the monitors' block powers (per block).
         erle_smoothing: smoothing of the ERLE powers (per far-end-only block).
-        divergence_ratio: error over mic power above which the filter is judged wrong.
-        divergence_blocks: that many blocks in a row declare an echo-path change.
+        path_change_db: error over mic power (dB) above which a converged filter is
+            judged wrong ...
+        path_change_coherence: ... if the error is this coherent with the reference ...
+        path_change_min_erle_db: ... and the mic's ERLE had reached this (dB) ...
+        path_change_blocks: ... for this many blocks in a row: an echo-path change.
     """
 
     tail_ms: float = 128.0
@@ -81,13 +88,17 @@ class AecParams:
     initial_state_var: float = 10.0
     misalignment: float = 1.0
     psi_floor: float = 0.1
+    coherence_smoothing: float = 0.9
     far_threshold_db: float = -60.0
     double_talk_db: float = -10.0
+    double_talk_coherence: float = 0.2
     double_talk_hold_blocks: int = 10
     power_smoothing: float = 0.7
     erle_smoothing: float = 0.98
-    divergence_ratio: float = 1.5
-    divergence_blocks: int = 10
+    path_change_db: float = -8.0
+    path_change_coherence: float = 0.3
+    path_change_min_erle_db: float = 10.0
+    path_change_blocks: int = 10
 
     def __post_init__(self) -> None:
         checks = (
@@ -97,8 +108,8 @@ class AecParams:
             ("initial_state_var", self.initial_state_var > 0.0),
             ("power_smoothing", 0.0 <= self.power_smoothing < 1.0),
             ("erle_smoothing", 0.0 <= self.erle_smoothing < 1.0),
-            ("divergence_ratio", self.divergence_ratio > 0.0),
-            ("divergence_blocks", self.divergence_blocks >= 1),
+            ("path_change_blocks", self.path_change_blocks >= 1),
+            ("coherence_smoothing", 0.0 <= self.coherence_smoothing < 1.0),
             ("double_talk_hold_blocks", self.double_talk_hold_blocks >= 0),
         )
         for name, ok in checks:
@@ -106,6 +117,25 @@ class AecParams:
                 raise SignalShapeError(
                     f"AecParams.{name}: out of range, got {getattr(self, name)!r}"
                 )
+
+
+def monitor_params(p: AecParams) -> np.ndarray:
+    """The ``params`` vector of :func:`monitor_kernel` from :class:`AecParams`."""
+    return np.array(
+        [
+            p.power_smoothing,
+            p.erle_smoothing,
+            10.0 ** (p.far_threshold_db / 10.0),
+            10.0 ** (p.double_talk_db / 10.0),
+            10.0 ** (p.path_change_db / 10.0),
+            p.path_change_blocks,
+            p.double_talk_hold_blocks,
+            p.double_talk_coherence,
+            p.path_change_coherence,
+            10.0 ** (p.path_change_min_erle_db / 10.0),
+        ],
+        np.float64,
+    )
 
 
 def n_partitions(tail_ms: float, fs_hz: float, block_samples: int) -> int:
@@ -230,6 +260,50 @@ def kalman_gain_kernel(
 
 
 @kernel
+def coherence_kernel(
+    x_hist: np.ndarray,
+    e_spec: np.ndarray,
+    alpha: float,
+    s_ex: np.ndarray,
+    s_xx: np.ndarray,
+    s_ee: np.ndarray,
+    coh: np.ndarray,
+) -> None:
+    """Error-to-reference coherence per mic (Benesty, Morgan & Cho 2000's cross-correlation
+    detector, per partition): recursive cross-spectra ``S_ex = a S_ex + (1 - a) E X_p^*``,
+    ``S_xx``, ``S_ee``; ``coh[m] = max_{r,p} sum_k |S_ex|^2 / sum_k S_ee S_xx`` in [0, 1].
+
+    High when the error still holds echo (a changed path), low when it is near-end speech
+    (double talk). s_ex ``(n_mic, n_ref, P, K)`` c128, s_xx ``(n_ref, P, K)``, s_ee
+    ``(n_mic, K)`` f64, coh ``(n_mic,)`` f64 out.
+    """
+    n_mic, n_ref, n_part, n_bins = s_ex.shape
+    b = 1.0 - alpha
+    for r in range(n_ref):
+        for p in range(n_part):
+            for k in range(n_bins):
+                x = x_hist[r, p, k]
+                s_xx[r, p, k] = alpha * s_xx[r, p, k] + b * (x.real * x.real + x.imag * x.imag)
+    for m in range(n_mic):
+        for k in range(n_bins):
+            e = e_spec[m, k]
+            s_ee[m, k] = alpha * s_ee[m, k] + b * (e.real * e.real + e.imag * e.imag)
+        best = 0.0
+        for r in range(n_ref):
+            for p in range(n_part):
+                num = 0.0
+                den = 1e-30
+                for k in range(n_bins):
+                    v = alpha * s_ex[m, r, p, k] + b * e_spec[m, k] * np.conj(x_hist[r, p, k])
+                    s_ex[m, r, p, k] = v
+                    num += v.real * v.real + v.imag * v.imag
+                    den += s_ee[m, k] * s_xx[r, p, k]
+                if num / den > best:
+                    best = num / den
+        coh[m] = best
+
+
+@kernel
 def constrain_kernel(grad_time: np.ndarray) -> None:
     """Zero the last half of every ``(..., 2N)`` gradient impulse response (flattened to
     ``(n_filters, 2N)``): the gradient constraint of overlap-save."""
@@ -261,30 +335,39 @@ def monitor_kernel(
     err: np.ndarray,
     echo: np.ndarray,
     ref: np.ndarray,
+    coh: np.ndarray,
     params: np.ndarray,
     pow_state: np.ndarray,
     counters: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """Powers, far-end activity, double talk, ERLE and divergence for one block.
+    """Powers, far-end activity, double talk, ERLE and echo-path change for one block.
 
     params: ``[power_smoothing, erle_smoothing, far_threshold (power), dt_ratio,
-    divergence_ratio, divergence_blocks, dt_hold_blocks]``.
-    pow_state ``(n_mic, 6)`` f64: smoothed ``P_y, P_e, P_echo``, ERLE powers ``P_y, P_e``,
-    spare; counters ``(n_mic + 1,)`` int64: per-mic divergence run, then the double-talk
-    hold. out ``(4 + n_mic,)`` f64: far active, double talk, ERLE (dB, nan before any),
-    path change, then per-mic ERLE (dB).
+    path_change_ratio, path_change_blocks, dt_hold_blocks, dt_coherence,
+    path_change_coherence, path_change_min_erle (ratio)]``; coh ``(n_mic,)`` from
+    :func:`coherence_kernel`. pow_state ``(n_mic, 6)`` f64: smoothed ``P_y, P_e, P_echo``,
+    ERLE powers ``P_y, P_e``, spare; counters ``(n_mic + 1,)`` int64: per-mic path-change
+    run, then the double-talk hold. out ``(4 + n_mic,)`` f64: far active, double talk,
+    ERLE (dB, nan before any), path change, then per-mic ERLE (dB).
+
+    Double talk: far end active, error above ``dt_ratio`` of the echo estimate and the
+    error incoherent with the reference (near-end speech, not echo). Path change: far end
+    active, a mic that had converged (ERLE above the minimum) now has its error above
+    ``path_change_ratio`` of its input, coherent with the reference, for
+    ``path_change_blocks`` blocks in a row (echo the filter no longer models).
     """
     n_mic, n = mic.shape
-    a, a_erle, far_thr, dt_ratio, div_ratio = (
-        params[0],
-        params[1],
-        params[2],
-        params[3],
-        params[4],
-    )
-    div_blocks = int(params[5])
+    a = params[0]
+    a_erle = params[1]
+    far_thr = params[2]
+    dt_ratio = params[3]
+    pc_ratio = params[4]
+    pc_blocks = int(params[5])
     hold_blocks = int(params[6])
+    dt_coh = params[7]
+    pc_coh = params[8]
+    pc_min_erle = params[9]
     px = 0.0
     for r in range(ref.shape[0]):
         for i in range(n):
@@ -294,22 +377,22 @@ def monitor_kernel(
     dt_now = False
     change = False
     for m in range(n_mic):
-        py = pe = pyh = 0.0
+        py = 0.0
+        pe = 0.0
+        pyh = 0.0
         for i in range(n):
             py += float(mic[m, i]) * float(mic[m, i])
             pe += float(err[m, i]) * float(err[m, i])
             pyh += float(echo[m, i]) * float(echo[m, i])
-        py /= n
-        pe /= n
-        pyh /= n
-        pow_state[m, 0] = a * pow_state[m, 0] + (1.0 - a) * py
-        pow_state[m, 1] = a * pow_state[m, 1] + (1.0 - a) * pe
-        pow_state[m, 2] = a * pow_state[m, 2] + (1.0 - a) * pyh
-        if far and pow_state[m, 1] > dt_ratio * pow_state[m, 2]:
+        pow_state[m, 0] = a * pow_state[m, 0] + (1.0 - a) * py / n
+        pow_state[m, 1] = a * pow_state[m, 1] + (1.0 - a) * pe / n
+        pow_state[m, 2] = a * pow_state[m, 2] + (1.0 - a) * pyh / n
+        if far and pow_state[m, 1] > dt_ratio * pow_state[m, 2] and coh[m] < dt_coh:
             dt_now = True
-        if far and pow_state[m, 1] > div_ratio * pow_state[m, 0] and pow_state[m, 2] > 0.0:
+        converged = pow_state[m, 3] > 0.0 and pow_state[m, 3] > pc_min_erle * pow_state[m, 4]
+        if far and converged and pow_state[m, 1] > pc_ratio * pow_state[m, 0] and coh[m] >= pc_coh:
             counters[m] += 1
-            if counters[m] >= div_blocks:
+            if counters[m] >= pc_blocks:
                 change = True
         else:
             counters[m] = 0
@@ -322,7 +405,8 @@ def monitor_kernel(
         for m in range(n_mic):
             pow_state[m, 3] = a_erle * pow_state[m, 3] + (1.0 - a_erle) * pow_state[m, 0]
             pow_state[m, 4] = a_erle * pow_state[m, 4] + (1.0 - a_erle) * pow_state[m, 1]
-    sy = se = 0.0
+    sy = 0.0
+    se = 0.0
     for m in range(n_mic):
         sy += pow_state[m, 3]
         se += pow_state[m, 4]
@@ -334,9 +418,11 @@ def monitor_kernel(
     out[1] = 1.0 if dt else 0.0
     out[2] = 10.0 * math.log10((sy + 1e-30) / (se + 1e-30)) if sy > 0.0 else math.nan
     out[3] = 1.0 if change else 0.0
-    if change:
+    if change:  # start the ERLE average and the detector afresh on the new path
         for m in range(n_mic):
             counters[m] = 0
+            pow_state[m, 3] = 0.0
+            pow_state[m, 4] = 0.0
 
 
 # --------------------------------------------------------------------------- streaming
@@ -414,22 +500,17 @@ class EchoCanceller:
         self._err_pad = np.zeros((self.n_mics, 2 * n), np.float64)
         self._e_spec = np.zeros((self.n_mics, self.n_bins), np.complex128)
         self._psi = np.zeros((self.n_mics, self.n_bins), np.float64)
+        self._s_ex = np.zeros(shape, np.complex128)
+        self._s_xx = np.zeros(shape[1:], np.float64)
+        self._s_ee = np.zeros((self.n_mics, self.n_bins), np.float64)
+        self.coherence = np.zeros(self.n_mics, np.float64)
+        """``(n_mic,)`` error-to-reference coherence of the last block (see
+        :func:`coherence_kernel`)."""
         self.out = np.zeros((self.n_mics, n), np.float32)
         """``(n_mic, N)`` float32 error (echo-cancelled mics) of the last block."""
         self.echo = np.zeros((self.n_mics, n), np.float32)
         """``(n_mic, N)`` float32 echo estimate of the last block."""
-        self._mon_params = np.array(
-            [
-                p.power_smoothing,
-                p.erle_smoothing,
-                10.0 ** (p.far_threshold_db / 10.0),
-                10.0 ** (p.double_talk_db / 10.0),
-                p.divergence_ratio,
-                p.divergence_blocks,
-                p.double_talk_hold_blocks,
-            ],
-            np.float64,
-        )
+        self._mon_params = monitor_params(p)
         self._pow = np.zeros((self.n_mics, 6), np.float64)
         self._counters = np.zeros(self.n_mics + 1, np.int64)
         self._mon = np.zeros(4 + self.n_mics, np.float64)
@@ -482,7 +563,8 @@ class EchoCanceller:
     def _restart_filter(self) -> None:
         self._w.fill(0)
         self._p.fill(self.params.initial_state_var)
-        self._psi.fill(0)
+        for buf in (self._psi, self._s_ex, self._s_xx, self._s_ee, self.coherence):
+            buf.fill(0)
 
     def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """Cancel the echo of ``ref (n_ref, N)`` in ``mic (n_mic, N)`` (float32); return the
@@ -510,6 +592,15 @@ class EchoCanceller:
             p.psi_floor,
             self._grad,
         )
+        coherence_kernel(
+            self._x_hist,
+            self._e_spec,
+            p.coherence_smoothing,
+            self._s_ex,
+            self._s_xx,
+            self._s_ee,
+            self.coherence,
+        )
         _irfft(self._grad, 2 * n, self._grad_time)
         constrain_kernel(self._grad_time_2d)
         _rfft(self._grad_time, self._grad)
@@ -519,14 +610,15 @@ class EchoCanceller:
             self.out,
             self.echo,
             self._x_cur,
+            self.coherence,
             self._mon_params,
             self._pow,
             self._counters,
             self._mon,
         )
-        if self._mon[3]:
+        if self._mon[3]:  # the old filter is wrong: start afresh (fastest re-convergence)
             self.path_changes_total += 1
-            self._p.fill(p.initial_state_var)
+            self._restart_filter()
         return self.out
 
     def reset(self) -> None:
@@ -587,6 +679,11 @@ def aec_reference(
     hold = 0
     thr_far = 10.0 ** (p.far_threshold_db / 10.0)
     dt_ratio = 10.0 ** (p.double_talk_db / 10.0)
+    pc_ratio = 10.0 ** (p.path_change_db / 10.0)
+    pc_min_erle = 10.0 ** (p.path_change_min_erle_db / 10.0)
+    s_xx = np.zeros((n_ref, n_part, k_bins))
+    s_ee = np.zeros((n_mic, k_bins))
+    s_ex = np.zeros((n_mic, n_ref, n_part, k_bins), np.complex128)
     a, ae = p.power_smoothing, p.erle_smoothing
     out = np.zeros((n_mic, n_blocks * n), np.float32)
     echo = np.zeros_like(out)
@@ -616,7 +713,15 @@ def aec_reference(
         w = w + np.fft.rfft(gt)
         a2 = p.path_forget**2
         pc = a2 * pc + (1 - a2) * np.abs(w) ** 2
-        # monitors
+        # coherence (coherence_kernel)
+        ac = p.coherence_smoothing
+        s_xx = ac * s_xx + (1 - ac) * x2
+        s_ee = ac * s_ee + (1 - ac) * np.abs(e_spec) ** 2
+        s_ex = ac * s_ex + (1 - ac) * e_spec[:, None, None, :] * np.conj(x_hist)[None]
+        num = np.sum(np.abs(s_ex) ** 2, axis=-1)
+        den = 1e-30 + np.einsum("mk,rpk->mrp", s_ee, s_xx)
+        coh = (num / den).reshape(n_mic, -1).max(axis=1)
+        # monitors (monitor_kernel)
         px = float(np.mean(x_cur.astype(np.float64) ** 2))
         far = px > thr_far
         py = np.mean(mic[:, sl].astype(np.float64) ** 2, axis=1)
@@ -625,10 +730,13 @@ def aec_reference(
         pw[:, 0] = a * pw[:, 0] + (1 - a) * py
         pw[:, 1] = a * pw[:, 1] + (1 - a) * pe
         pw[:, 2] = a * pw[:, 2] + (1 - a) * pyh
-        dt_now = far and bool(np.any(pw[:, 1] > dt_ratio * pw[:, 2]))
-        bad = far & (pw[:, 1] > p.divergence_ratio * pw[:, 0]) & (pw[:, 2] > 0)
+        dt_now = far and bool(
+            np.any((pw[:, 1] > dt_ratio * pw[:, 2]) & (coh < p.double_talk_coherence))
+        )
+        converged = (pw[:, 3] > 0) & (pw[:, 3] > pc_min_erle * pw[:, 4])
+        bad = far & converged & (pw[:, 1] > pc_ratio * pw[:, 0]) & (coh >= p.path_change_coherence)
         div = np.where(bad, div + 1, 0)
-        change = bool(np.any(div >= p.divergence_blocks))
+        change = bool(np.any(div >= p.path_change_blocks))
         hold = p.double_talk_hold_blocks + 1 if dt_now else max(hold - 1, 0)
         dt = hold > 0
         if far and not dt:
@@ -641,5 +749,9 @@ def aec_reference(
         res["path_change"][b] = change
         if change:
             div[:] = 0
+            pw[:, 3:5] = 0.0
             pc = np.full(w.shape, p.initial_state_var)
+            w = np.zeros_like(w)
+            psi = np.zeros_like(psi)
+            s_ex, s_xx, s_ee = np.zeros_like(s_ex), np.zeros_like(s_xx), np.zeros_like(s_ee)
     return {"out": out, "echo": echo, **res}

@@ -48,6 +48,21 @@ def si_sdr_db(estimate: np.ndarray, reference: np.ndarray) -> float:
     return float(10.0 * np.log10(target_energy / error_energy))
 
 
+def erle_db(echo: np.ndarray, residual: np.ndarray) -> float:
+    """Echo return loss enhancement (dB): ``10 log10(sum echo^2 / sum residual^2)``.
+
+    ``echo`` is the echo at the microphone and ``residual`` what is left of it after
+    cancellation (the output minus the near-end signal), both ``(n,)``, time-aligned, over
+    one window (ITU-T G.168 uses it per window over time). Raises ``ValueError`` like
+    :func:`si_sdr_db` for bad shapes or an echo with no energy.
+    """
+    r, e = _pair(residual, echo, "erle_db")
+    echo_energy = float(np.sum(e**2))
+    if echo_energy == 0.0:
+        raise ValueError("erle_db: the echo has no energy (ERLE is undefined)")
+    return float(10.0 * np.log10(echo_energy / max(float(np.sum(r**2)), 1e-30)))
+
+
 def _pair(estimate: np.ndarray, reference: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     est = np.asarray(estimate, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)

@@ -1,0 +1,145 @@
+"""Echo scenes from the corpus: a loudspeaker playing far-end audio into the array.
+
+The far-end signal (corpus speech or music) goes through a loudspeaker model (soft
+clipping ``tanh(d x) / d``: unit small-signal gain, compression near full scale), an
+optional playback delay (buffering between the reference tap and the loudspeaker) and a
+MEASURED room impulse response per microphone (``corpus/rir``). The near-end talker
+(corpus speech) is added at a chosen near-end-to-echo ratio, in a chosen time window
+(double talk), plus a little sensor noise. The echo path can change mid-scene (to
+another measured RIR: the device carried to another room).
+
+Everything is returned separately so metrics can be computed on components:
+``mic = echo + near + noise``; ``ref`` is what the playback loopback delivers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import fftconvolve
+
+from mica.evaluation.scenarios import read_mono_16k
+
+FS_HZ = 16000
+
+FAR_SPEECH = ("librispeech_1088-134315-0000.wav", "librispeech_2412-153948-0000.wav")
+NEAR_SPEECH = (
+    "arctic_aew_a0001.wav",
+    "arctic_axb_a0004.wav",
+    "arctic_aew_a0002.wav",
+    "arctic_axb_a0006.wav",
+    "arctic_aew_a0003.wav",
+)
+MUSIC = ("music_kevin_macleod_vibe_ace_jazz.wav",)
+
+
+@dataclass
+class EchoScene:
+    """One rendered scene; all float32 at :data:`FS_HZ`."""
+
+    mic: np.ndarray
+    """``(n_mic, n)`` microphone signals."""
+    ref: np.ndarray
+    """``(1, n)`` loudspeaker reference (the loopback channel)."""
+    echo: np.ndarray
+    """``(n_mic, n)`` echo component of ``mic``."""
+    near: np.ndarray
+    """``(n_mic, n)`` near-end component of ``mic``."""
+    near_window_s: tuple[float, float] | None
+    """Where the near-end talker speaks (s), ``None``: single talk only."""
+
+
+def loudspeaker(x: np.ndarray, drive: float) -> np.ndarray:
+    """Soft-clipping loudspeaker: ``tanh(drive x) / drive`` (``drive`` 0: linear)."""
+    if drive <= 0:
+        return np.asarray(x, np.float32)
+    return (np.tanh(drive * np.asarray(x, np.float64)) / drive).astype(np.float32)
+
+
+def concat_files(folder: Path, names: tuple[str, ...], seconds: float) -> np.ndarray:
+    """The named corpus files, 16 kHz mono, one after another, cut/looped to ``seconds``."""
+    parts = [read_mono_16k(folder / name) for name in names]
+    x = np.concatenate(parts)
+    n = int(seconds * FS_HZ)
+    reps = -(-n // len(x))
+    return np.tile(x, reps)[:n].astype(np.float32)
+
+
+def measured_rirs(corpus: Path, name: str = "lhotse_real_8ch.wav") -> np.ndarray:
+    """``(n_ch, L)`` float32 measured RIR(s) from ``corpus/rir``."""
+    data, fs = sf.read(str(corpus / "rir" / name), dtype="float32", always_2d=True)
+    if fs != FS_HZ:
+        raise ValueError(f"{name}: need a {FS_HZ} Hz RIR, got {fs} Hz")
+    return np.ascontiguousarray(data.T)
+
+
+def make_echo_scene(
+    corpus: Path,
+    seconds: float = 10.0,
+    n_mics: int = 2,
+    far: str = "speech",
+    rir: str = "lhotse_real_8ch.wav",
+    drive: float = 2.0,
+    far_peak: float = 0.5,
+    echo_peak: float = 0.5,
+    playback_delay_ms: float = 0.0,
+    near_window_s: tuple[float, float] | None = None,
+    near_to_echo_db: float = 0.0,
+    path_change_s: float | None = None,
+    path_change_rir: str = "mit_ir_survey_h010_livingroom_16k.wav",
+    noise_db: float = -70.0,
+    seed: int = 0,
+) -> EchoScene:
+    """Render one scene (see the module doc).
+
+    Args:
+        far: ``"speech"`` (LibriSpeech) or ``"music"`` (jazz) far end.
+        rir: file in ``corpus/rir``; mic ``m`` uses channel ``m % n_ch``.
+        drive: loudspeaker soft-clipping drive (0: linear).
+        far_peak: peak of the far-end signal before the loudspeaker (full scale 1).
+        echo_peak: peak of the echo at the mics.
+        playback_delay_ms: extra delay of the loudspeaker after the reference tap.
+        near_window_s: near-end talker active in ``[start, end)`` seconds.
+        near_to_echo_db: near-end over echo power (at mic 0, over the near window).
+        path_change_s: from this time on, the mics hear the loudspeaker through
+            ``path_change_rir`` (another measured room, same echo power).
+        noise_db: white sensor noise power (dBFS).
+    """
+    n = int(seconds * FS_HZ)
+    folder = corpus / ("speech" if far == "speech" else "noise")
+    far_sig = concat_files(folder, FAR_SPEECH if far == "speech" else MUSIC, seconds)
+    far_sig *= far_peak / max(float(np.max(np.abs(far_sig))), 1e-9)
+    played = loudspeaker(far_sig, drive)
+    d = int(round(playback_delay_ms * 1e-3 * FS_HZ))
+    played = np.concatenate([np.zeros(d, np.float32), played])[:n]
+    h = measured_rirs(corpus, rir)
+    n_ch = h.shape[0]
+    echo = np.stack([fftconvolve(played, h[m % n_ch])[:n] for m in range(n_mics)])
+    if path_change_s is not None:
+        k = int(path_change_s * FS_HZ)
+        h2 = measured_rirs(corpus, path_change_rir)
+        alt = np.stack([fftconvolve(played, h2[m % h2.shape[0]])[:n] for m in range(n_mics)])
+        alt *= np.sqrt(np.mean(echo[:, :k] ** 2) / (np.mean(alt[:, :k] ** 2) + 1e-20))
+        echo[:, k:] = alt[:, k:]
+    echo *= echo_peak / max(float(np.max(np.abs(echo))), 1e-9)
+    near = np.zeros_like(echo)
+    if near_window_s is not None:
+        a, b = (int(t * FS_HZ) for t in near_window_s)
+        talker = concat_files(corpus / "speech", NEAR_SPEECH, (b - a) / FS_HZ)
+        p_echo = float(np.mean(echo[0, a:b] ** 2)) + 1e-20
+        p_talk = float(np.mean(talker**2)) + 1e-20
+        talker *= np.sqrt(p_echo / p_talk * 10.0 ** (near_to_echo_db / 10.0))
+        near[:, a:b] = talker[None, : b - a]
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(echo.shape) * 10.0 ** (noise_db / 20.0)
+    mic = (echo + near + noise).astype(np.float32)
+    return EchoScene(
+        mic=mic,
+        ref=far_sig[None, :].astype(np.float32),
+        echo=echo.astype(np.float32),
+        near=near.astype(np.float32),
+        near_window_s=near_window_s,
+    )
