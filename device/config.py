@@ -121,6 +121,29 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class UsbConfig:
+    poll_onboard: bool = _opt(False, "poll the XMOS USB array's own DOA and voice activity "
+                              "into telemetry (onboard)")
+    """Read ``DOAANGLE``, ``VOICEACTIVITY``, ``SPEECHDETECTED`` in a side thread and publish
+    them as the ``onboard`` telemetry object (docs/mqtt.md)."""
+    poll_interval_s: float = _opt(0.5, "seconds between two polls of the on-board detectors",
+                                  min=0.05, max=60.0)
+    """Each poll is three USB control transfers."""
+    raw_channels: bool = _opt(False, "switch the array's own AGC, noise and echo suppression "
+                              "off at start (mica processes the raw channels)")
+    """Written again after every reconnection (a re-plugged array comes back with its
+    defaults); see ``mica usb raw``."""
+    device: str = _opt("", "bus:address of the array when several are plugged in (empty: the "
+                       "only one)")
+    """As ``mica usb list`` shows it."""
+    timeout_ms: int = _opt(200, "USB control transfer timeout (ms)", min=10, max=10000)
+    """A healthy array answers in well under 10 ms."""
+    reconnect_s: float = _opt(2.0, "seconds between attempts to find the array again after an "
+                              "unplug or repeated failures", min=0.1, max=600.0)
+    """Also the wait after a failed first connection."""
+
+
+@dataclass(frozen=True)
 class ArrayConfig:
     geometry_file: str = _opt("", "JSON sidecar with geometry_m (n_ch x 3, metres)", path=True)
     """Geometry sidecar (``geometry_m``: ``(n_ch, 3)`` metres), as in ``corpus/multichannel``."""
@@ -302,6 +325,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     governor: GovernorConfig = field(default_factory=GovernorConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    usb: UsbConfig = field(default_factory=UsbConfig)
 
     @property
     def topic_base(self) -> str:

@@ -157,12 +157,14 @@ class Service:
             block's timing (a test hook: one that blocks stalls the DSP and the watchdog
             pings stop; one that sleeps loads the DSP budget).
         notifier: the systemd notify socket (default: ``$NOTIFY_SOCKET``, no-op without).
+        usb_backend: the pyusb backend the ``[usb]`` poller uses (default: libusb; tests
+            pass an emulated array).
     """
 
     def __init__(self, cfg: Config, source_factory: Callable[[], Source] | None = None,
                  audio_sink: Callable[[np.ndarray], None] | None = None,
                  dsp_hook: Callable[[Block], None] | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, usb_backend: Any = None) -> None:
         self.cfg = cfg
         self.geometry = resolve_geometry(cfg)
         self.calibration, self.geometry, mics, self.corrector = calibrated_array(cfg,
@@ -210,6 +212,14 @@ class Service:
 
             self.wyoming = WyomingMicServer(cfg.mqtt.wyoming_uri, cfg.dsp.fs_hz, cfg.device.id)
         self.board = BoardSampler(spool_dir=cfg.mqtt.spool_dir or None)
+        self.usb_poller = None  # the XMOS array's own DOA/VAD ([usb], device/usb_poller.py)
+        if cfg.usb.poll_onboard or cfg.usb.raw_channels:
+            from mica.device.usb_poller import OnboardPoller
+
+            self.usb_poller = OnboardPoller(
+                cfg.usb.poll_interval_s, cfg.usb.poll_onboard, cfg.usb.raw_channels,
+                cfg.usb.device or None, cfg.usb.timeout_ms, cfg.usb.reconnect_s,
+                backend=usb_backend)
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._finished = threading.Event()
@@ -308,6 +318,8 @@ class Service:
             self._threads.append(thread)
         if self.cfg.governor.enabled:
             self.governor_loop.start()
+        if self.usb_poller is not None:
+            self.usb_poller.start()
         if self._source is not None:
             self._announce_ready()
 
@@ -363,6 +375,8 @@ class Service:
         self.request_stop()
         self.notifier.stopping()
         self.governor_loop.stop()
+        if self.usb_poller is not None:
+            self.usb_poller.stop(timeout_s=0.2)
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic() - 0.3))
             if thread.is_alive():
@@ -605,6 +619,7 @@ class Service:
             quality_level_index=self.governor.level,
             **self._mqtt_telemetry(),
             **self._drift_telemetry(),
+            **(self.usb_poller.telemetry() if self.usb_poller is not None else {}),
         )
 
     # ------------------------------------------------------------------ multi-device drift
