@@ -67,3 +67,37 @@ def test_live_needs_a_capture_device(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rc == 2 and "--live needs the capture device" in capsys.readouterr().err
     rc = main(["calibrate", "--board", "respeaker-4mic-hat"])
     assert rc == 2 and "give a recording or --live" in capsys.readouterr().err
+
+
+def test_live_two_devices_measures_the_drift(corpus_dir: Path, fake_alsa: FakeAlsa,
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """Two fake ALSA devices from [[capture.devices]], recorded at once: the second's clock
+    200 ppm fast (its half rendered at that clock and paced 200 ppm fast, as in
+    tests/device/test_multi_capture.py)."""
+    import scipy.signal
+
+    x, fs = _talker_in_diffuse_noise(corpus_dir)
+    half_b = scipy.signal.resample_poly(x[2:], 5001, 5000, axis=1)
+    a = fake_alsa.add_pcm_from_samples("caldev_a", x[:2], fs, "S16_LE", loop=True)
+    b = fake_alsa.add_pcm_from_samples("caldev_b", half_b, fs, "S16_LE", loop=True, ppm=200.0)
+    geometry = corpus_dir / "multichannel" / f"{SPEECH}.json"
+    config = tmp_path / "mica.toml"
+    config.write_text(f'[capture]\nsource = "alsa"\nfs_hz = {fs}\nperiod_frames = 160\n'
+                      f'[[capture.devices]]\nalsa_device = "{a}"\nchannels = 2\n'
+                      f'geometry_rows = [0, 1]\nreference = true\n'
+                      f'[[capture.devices]]\nalsa_device = "{b}"\nchannels = 2\n'
+                      f'geometry_rows = [2, 3]\n'
+                      f'[array]\ngeometry_file = "{geometry}"\n', encoding="utf-8")
+    out = tmp_path / "cal.json"
+    rc = main(["calibrate", "--live", "--seconds", "6", "--config", str(config),
+               "--azimuth", str(AZIMUTH_DEG), "--elevation", str(ELEVATION_DEG),
+               "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert f"recording 6 s from {a}, {b}" in text and f"device {b}: drift +" in text
+    cal = load_calibration(out)
+    assert [d.name for d in cal.devices] == [a, b]
+    # 6 s is short for the estimator (the summary says so): within 20 ppm of 200
+    assert cal.devices[1].drift_ppm == pytest.approx(200.0, abs=20.0)
+    assert np.all(np.abs(cal.gain_db) < 0.5) and cal.excluded_mics == ()
