@@ -20,6 +20,7 @@ from mica.array_dsp.channels import ChannelMonitor, ChannelParams
 from mica.array_dsp.covariance import covariance_update_kernel, speech_loaded_kernel
 from mica.array_dsp.das import das_kernel, das_reference
 from mica.array_dsp.doa import DoaParams, DoaTracker, peak_azimuth_deg, srp_phat_kernel
+from mica.array_dsp.echo import EchoControl
 from mica.array_dsp.geometry import ArrayGeometry
 from mica.array_dsp.mvdr import (
     beamform_kernel,
@@ -124,6 +125,10 @@ class Enhancer:
         track_doa: run SRP-PHAT and the tracker (:attr:`doa_azimuth_deg`).
         exclude_dead_channels: leave dead/stuck microphones out of every stage.
         params: :class:`BeamformerParams`.
+        echo: optional :class:`~mica.array_dsp.echo.EchoControl` (acoustic echo
+            cancellation per microphone before the STFT, fed by ``reference=`` of
+            :meth:`process`; with its residual-echo suppressor, the output spectrum is
+            ``g_res * denoiser(beam)``: the two gain stages multiply, each with its own floor).
 
     Output sample ``n`` is the beamformed input sample ``n - latency_samples``: a plane
     wave from the look direction comes out exactly as it arrived at the reference
@@ -148,6 +153,7 @@ class Enhancer:
         exclude_dead_channels: bool = True,
         params: BeamformerParams | None = None,
         postfilter: Postfilter | None = None,
+        echo: EchoControl | None = None,
     ) -> None:
         self.geometry = (
             geometry_m
@@ -171,6 +177,7 @@ class Enhancer:
         self._sound_speed_m_s = float(sound_speed_m_s)
         self._reference_channel = reference_channel  # checked by steer() below
         self.postfilter = postfilter
+        self.echo = echo
         n_ch = self.geometry.n_channels
         self._stft = StreamingStft(n_ch, self._hop)
         self._istft = StreamingIstft(self._hop)
@@ -180,6 +187,14 @@ class Enhancer:
         self._das_masked = np.zeros((n_bins, n_ch), np.complex64)  # d / M on live channels
         self._bf_weights = np.zeros((n_bins, n_ch), np.complex64)  # superdirective / MVDR
         self._beam = np.zeros(n_bins, np.complex64)
+        if echo is not None and (echo.n_mics != n_ch or echo.block_samples != self._hop):
+            raise SignalShapeError(f"echo: built for {echo.n_mics} mics and blocks of "
+                                   f"{echo.block_samples}, the enhancer has {n_ch} and "
+                                   f"{self._hop}")
+        # residual-echo suppression: the echo estimate through the same STFT and beam
+        self._echo_stft = StreamingStft(n_ch, self._hop) if echo is not None else None
+        self._echo_beam = np.zeros(n_bins, np.complex64)
+        self._res_out = np.zeros(n_bins, np.complex64)
         self._channels = ChannelMonitor(n_ch, self.params.channels)
         self._spp = SpeechPresence(n_ch, n_bins, self.params.spp)
         self._spp_out = self._spp.out
@@ -404,11 +419,14 @@ class Enhancer:
 
     # ------------------------------------------------------------------ processing
 
-    def process(self, block: np.ndarray, speech_mask: np.ndarray | None = None) -> np.ndarray:
+    def process(self, block: np.ndarray, speech_mask: np.ndarray | None = None,
+                reference: np.ndarray | None = None) -> np.ndarray:
         """Enhance one ``(n_ch, hop_samples)`` float32 block; return ``(hop_samples,)`` float32.
 
         ``speech_mask``: optional ``(n_bins,)`` float32 speech probability in [0, 1] (e.g.
         a learned mask) used instead of the built-in SPP for this frame.
+        ``reference``: ``(n_ref, hop_samples)`` float32 playback reference for the ``echo``
+        stage (ignored without one; ``None``: no echo cancellation in this block).
 
         The returned array is the enhancer's own buffer, overwritten by the next call: the
         caller must copy it to keep it. Raises :class:`SignalShapeError` (a
@@ -417,6 +435,8 @@ class Enhancer:
         block = check_array(block, "block", (self.n_channels, self._hop), np.float32)
         if speech_mask is not None:
             speech_mask = check_array(speech_mask, "speech_mask", (self.n_bins,), np.float32)
+        if self.echo is not None and reference is not None:
+            block = self.echo.process(block, reference)  # per mic, before the beamformer
         spec = self._stft.process(block)
         if self._exclude_dead and self._channels.update(block):
             self._refresh_fixed_weights()
@@ -460,9 +480,15 @@ class Enhancer:
                                     self._wng_floor, p.max_loading_steps, self._work_a,
                                     self._work_l, self._work_b, self._work_x, self._bf_weights)
             beamform_kernel(spec, self._bf_weights, self._beam)
-        if self.postfilter is not None:
-            return self._istft.process(self.postfilter.process(self._beam))
-        return self._istft.process(self._beam)
+        out = self._beam if self.postfilter is None else self.postfilter.process(self._beam)
+        if self.echo is not None and self.echo.res is not None and reference is not None:
+            # residual echo: gains from the beamformed echo estimate, times the denoiser's
+            echo_spec = self._echo_stft.process(self.echo.echo)
+            beamform_kernel(echo_spec, self.weights, self._echo_beam)
+            gains = self.echo.res_gains(self._beam, self._echo_beam)
+            np.multiply(out, gains, out=self._res_out)
+            out = self._res_out
+        return self._istft.process(out)
 
     def _update_doa(self, idx: np.ndarray, n_active: int) -> None:
         if n_active < 2 or not self._vad.active:
@@ -482,6 +508,9 @@ class Enhancer:
         """Forget all past input (filter, noise, covariance and tracker states back to
         silence, every channel in use again); keeps the look direction."""
         self._stft.reset()
+        if self.echo is not None:
+            self.echo.reset()
+            self._echo_stft.reset()
         self._istft.reset()
         if self.postfilter is not None:
             self.postfilter.reset()
@@ -502,6 +531,8 @@ class Enhancer:
         self.steer(self._azimuth_deg, self._elevation_deg)
         self.process(np.zeros((self.n_channels, self._hop), np.float32))
         compile_kernels(self.n_channels)
+        if self.echo is not None:
+            self.echo.warmup()
         self.reset()
 
 
