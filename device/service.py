@@ -53,6 +53,7 @@ from mica.device.multi_capture import MultiCapture, open_multi_capture
 from mica.device.reblock import Reblocker
 from mica.device.ring import DropOldestQueue
 from mica.device.sd_notify import Notifier, Watchdog
+from mica.device.selfcheck import CaptureSelfCheck
 from mica.device.sources.factory import open_source
 from mica.device.spool import Spool
 from mica.device.stage_stats import StageStats
@@ -206,6 +207,9 @@ class Service:
         self._steer_requests: list[tuple[float, float, Callable[..., None]]] = []
         self._steer_lock = threading.Lock()
         self.channel_levels = ChannelLevels(self.geometry.n_channels)
+        self.selfcheck = CaptureSelfCheck(self.geometry.positions_m, cfg.dsp.fs_hz,
+                                          cfg.dsp.hop_samples, mics,
+                                          reference_rows(cfg, mics), self._on_selfcheck_event)
         self.wyoming = None  # the optional Wyoming mic server (mqtt.wyoming_uri)
         if cfg.mqtt.wyoming_uri:
             from mica.device.wyoming_mic import WyomingMicServer
@@ -320,6 +324,7 @@ class Service:
             self.governor_loop.start()
         if self.usb_poller is not None:
             self.usb_poller.start()
+        self.selfcheck.start()
         if self._source is not None:
             self._announce_ready()
 
@@ -377,6 +382,7 @@ class Service:
         self.governor_loop.stop()
         if self.usb_poller is not None:
             self.usb_poller.stop(timeout_s=0.2)
+        self.selfcheck.stop()
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic() - 0.3))
             if thread.is_alive():
@@ -483,8 +489,8 @@ class Service:
                     t0 = time.perf_counter()
                     if self._dsp_hook is not None:  # timed: a slow hook is a slow DSP
                         self._dsp_hook(hop_block)
-                    x = (hop_block.samples if self.corrector is None
-                         else self.corrector.process(hop_block.samples))
+                    x = self.selfcheck.process(hop_block.samples)  # checks; DC blocker
+                    x = x if self.corrector is None else self.corrector.process(x)
                     y = self.enhancer.process(x)
                     self._dsp_events(hop_block.t_capture_ns)
                     self.dsp_stats.record(time.perf_counter() - t0, audio_s)
@@ -619,6 +625,7 @@ class Service:
             quality_level_index=self.governor.level,
             **self._mqtt_telemetry(),
             **self._drift_telemetry(),
+            **self.selfcheck.telemetry(),
             **(self.usb_poller.telemetry() if self.usb_poller is not None else {}),
         )
 
@@ -630,6 +637,11 @@ class Service:
         if not isinstance(source, MultiCapture):
             return {}
         return {"drift": source.drift_status()}
+
+    def _on_selfcheck_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """``event/channel_health`` or ``event/channel_order`` (device/selfcheck.py)."""
+        if self.link is not None:
+            self.link.publish_event(kind, payload)
 
     def _on_drift_event(self, event: dict[str, Any]) -> None:
         """A drift estimate jumped, locked or re-locked: ``event/drift``."""
@@ -758,6 +770,14 @@ class Service:
         return {"applied": ["dsp.steer_azimuth_deg", "dsp.steer_elevation_deg",
                             "mqtt.audio_enabled"], "restart_required": restart,
                 "config_hash": new.config_hash}
+
+
+def reference_rows(cfg: Config, mics: list[int] | None) -> list[int]:
+    """Rows of the delivered blocks that are playback-reference channels
+    (``array.reference_channels``, when the config has it): the self-checks leave them out."""
+    refs = set(getattr(cfg.array, "reference_channels", None) or ())
+    order = mics if mics else list(range(cfg.capture.channels))
+    return [row for row, ch in enumerate(order) if ch in refs]
 
 
 def _process_age_s(sampler: ProcessSampler, fallback_t0: float) -> float:

@@ -40,7 +40,8 @@ class WavSource:
     """
 
     def __init__(self, path: str | Path, period_frames: int = 160, realtime: bool = True,
-                 loop: bool = False, channels: list[int] | None = None) -> None:
+                 loop: bool = False, channels: list[int] | None = None,
+                 speed: float = 1.0) -> None:
         """Open ``path``.
 
         Args:
@@ -50,6 +51,8 @@ class WavSource:
             loop: restart at the end instead of ending the stream.
             channels: file channels to deliver, in this order (select and/or reorder);
                 ``None`` delivers all of them in file order.
+            speed: with ``realtime``, pace at ``speed`` times real time (soak tests); the
+                blocks' ``t_capture_ns`` follow the faster clock.
 
         Raises:
             AudioFileError: the file is missing or unreadable, holds no samples while
@@ -58,6 +61,9 @@ class WavSource:
         """
         if period_frames < 1:
             raise ValueError(f"period_frames must be >= 1, got {period_frames}")
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.speed = float(speed)
         self.path = Path(path)
         try:
             self._file = sf.SoundFile(str(self.path), mode="r")
@@ -100,6 +106,8 @@ class WavSource:
 
     def _t_ns(self, seq: int) -> int:
         assert self._t0_ns is not None
+        if self.speed != 1.0:
+            return self._t0_ns + round(seq * self.period_frames * 1e9 / (self.fs_hz * self.speed))
         return self._t0_ns + seq * self.period_frames * 1_000_000_000 // self.fs_hz
 
     def _read_frames(self) -> np.ndarray | None:
