@@ -74,7 +74,8 @@ class BoardProfile:
                         "alsa_device": self.alsa_device_hints[0] if self.alsa_device_hints
                         else "default"},
             "array": {"geometry_m": self.geometry.positions_m.tolist(),
-                      "mic_channels": list(self.mic_channels)},
+                      "mic_channels": list(self.mic_channels),
+                      "reference_channels": list(self.reference_channels)},
         }
 
     def summary(self) -> dict[str, Any]:

@@ -144,6 +144,25 @@ class UsbConfig:
 
 
 @dataclass(frozen=True)
+class EchoConfig:
+    enabled: bool = _opt(False, "cancel the loudspeaker's echo (needs array.reference_channels)")
+    """Acoustic echo cancellation per microphone before the beamformer, fed by the playback
+    loopback channels (``array.reference_channels``)."""
+    tail_ms: float = _opt(128.0, "echo path length the filter models (ms)", min=10.0,
+                          max=1000.0)
+    """Filter tail; cost grows with it (partitions of one hop each)."""
+    max_delay_ms: float = _opt(200.0, "largest reference-to-mic bulk delay tracked (ms); "
+                               "0: no tracking", min=0.0, max=1000.0)
+    """Playback buffering between the reference tap and the loudspeaker, found by GCC-PHAT
+    and taken off the reference so the tail covers the room, not the buffers."""
+    res: bool = _opt(True, "residual-echo suppression after the beamformer")
+    """Per-bin gains against what the linear canceller leaves; multiplied with the
+    denoiser's gains."""
+    res_floor_db: float = _opt(-20.0, "lowest residual-echo gain (dB)", min=-60.0, max=0.0)
+    """Floor of the residual-echo gains (the denoiser keeps its own floor)."""
+
+
+@dataclass(frozen=True)
 class ArrayConfig:
     geometry_file: str = _opt("", "JSON sidecar with geometry_m (n_ch x 3, metres)", path=True)
     """Geometry sidecar (``geometry_m``: ``(n_ch, 3)`` metres), as in ``corpus/multichannel``."""
@@ -152,6 +171,10 @@ class ArrayConfig:
     mic_channels: list = _opt([], "capture channels that are microphones, in geometry order "
                                   "(empty: all, in order)", item_min=0, item_max=63)
     """Capture channel index of each geometry row; empty means channel k is mic k."""
+    reference_channels: list = _opt([], "capture channels carrying the playback loopback "
+                                        "(echo reference)", item_min=0, item_max=63)
+    """Loopback channels of the loudspeaker signal, e.g. ``[6, 7]`` on a ReSpeaker 6-mic HAT
+    (the board profile fills them); used by ``[echo]``."""
     calibration_file: str = _opt("", "calibration JSON written by mica calibrate, applied at "
                                  "start (empty: none)", path=True)
     """Per-mic gain/delay corrections, position offsets, excluded mics and channel order
@@ -325,6 +348,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     governor: GovernorConfig = field(default_factory=GovernorConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    echo: EchoConfig = field(default_factory=EchoConfig)
     usb: UsbConfig = field(default_factory=UsbConfig)
 
     @property
@@ -479,6 +503,7 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append(f"governor.dsp_recover: {cfg.governor.dsp_recover} is above "
                         f"governor.dsp_budget = {cfg.governor.dsp_budget}")
     _check_capture_devices(cfg, problems)
+    _check_echo(cfg, problems)
     chunk = cfg.mqtt.audio_chunk_ms * cfg.dsp.fs_hz // 1000
     if chunk % cfg.dsp.hop_samples:
         problems.append(f"mqtt.audio_chunk_ms: {cfg.mqtt.audio_chunk_ms} ms = {chunk} samples "
@@ -513,6 +538,31 @@ def _check_capture_devices(cfg: Config, problems: list[str]) -> None:
                         f"each once, got {sorted(rows)}")
     if sum(dev.reference for dev in devices) > 1:
         problems.append("capture.devices: more than one device has reference = true")
+
+
+def _check_echo(cfg: Config, problems: list[str]) -> None:
+    """``array.reference_channels`` exist, are not microphones; ``[echo]`` has them."""
+    refs = cfg.array.reference_channels
+    for i, ch in enumerate(refs):
+        if isinstance(ch, int) and not isinstance(ch, bool) and ch >= cfg.capture.channels:
+            problems.append(f"array.reference_channels[{i}]: channel {ch} does not exist "
+                            f"(capture.channels = {cfg.capture.channels})")
+    both = sorted(set(refs) & set(cfg.array.mic_channels))
+    if both:
+        problems.append(f"array.reference_channels: channel(s) {both} are also in "
+                        "array.mic_channels")
+    if len(set(refs)) != len(refs):
+        problems.append("array.reference_channels: lists a channel twice")
+    if cfg.echo.enabled:
+        if not refs:
+            problems.append("echo.enabled: needs array.reference_channels (the playback "
+                            "loopback channels)")
+        elif not cfg.array.mic_channels:
+            problems.append("array.mic_channels: needed with array.reference_channels, so "
+                            "microphones and references are told apart")
+        if cfg.capture.devices:
+            problems.append("echo.enabled: not supported with capture.devices yet (give the "
+                            "loopback as array.reference_channels of one device)")
 
 
 def _with_board_profile(data: dict, board: str | None) -> dict:

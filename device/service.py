@@ -37,6 +37,13 @@ from mica.calibration.calfile import (
 from mica.device.block import Block, Source
 from mica.device.commands import Command, CommandError
 from mica.device.config import Config, load_config
+from mica.device.echo_stage import (
+    EchoReport,
+    capture_channels,
+    echo_control,
+    echo_enabled,
+    split_reference,
+)
 from mica.device.governor import (
     DspLoadMeter,
     Governor,
@@ -181,15 +188,18 @@ class Service:
                                             self.calibration,
                                             [d.alsa_device for d in cfg.capture.devices])))
             if cfg.capture.devices
-            else (lambda: open_source(cfg.capture, mics)))
+            else (lambda: open_source(cfg.capture, capture_channels(cfg, mics))))
         self.enhancer = Enhancer(self.geometry.positions_m, fs_hz=cfg.dsp.fs_hz,
                                  hop_samples=cfg.dsp.hop_samples,
                                  **enhancer_options(cfg.dsp),
+                                 echo=echo_control(cfg, self.geometry.n_channels),
                                  sound_speed_m_s=cfg.dsp.sound_speed_m_s,
                                  postfilter=make_postfilter(
                                      cfg.dsp.denoiser, cfg.dsp.hop_samples + 1,
                                      cfg.dsp.denoiser_bundle or None))
         self.doa_azimuth_deg: float | None = None
+        self.echo_report = EchoReport(self.enhancer.echo)  # [echo]: telemetry, events
+        self._n_refs = len(cfg.array.reference_channels) if echo_enabled(cfg) else 0
         self._speech_active = False
         self._speech_start_ns: int | None = None
         self._dead_channels: tuple[int, ...] = ()
@@ -467,7 +477,8 @@ class Service:
     def _dsp_loop(self) -> None:
         """Re-cut to hops, enhance, time each block, enqueue the result."""
         hop = self.cfg.dsp.hop_samples
-        reblocker = Reblocker(self.geometry.n_channels, hop, self.cfg.dsp.fs_hz)
+        n_mics = self.geometry.n_channels
+        reblocker = Reblocker(n_mics + self._n_refs, hop, self.cfg.dsp.fs_hz)
         audio_s = hop / self.cfg.dsp.fs_hz
         applied = 0  # the governor's level the enhancer runs (0: as constructed, the best)
         apply_level(self.enhancer, self.governor.levels[0])
@@ -483,6 +494,7 @@ class Service:
                         self.watchdog.progress()
                     continue
                 for hop_block in reblocker.push(block):
+                    hop_block, reference = split_reference(hop_block, n_mics)
                     if self.governor.level != applied:  # between blocks, in this thread
                         applied = self.governor.level
                         apply_level(self.enhancer, self.governor.levels[applied])
@@ -491,7 +503,7 @@ class Service:
                         self._dsp_hook(hop_block)
                     x = self.selfcheck.process(hop_block.samples)  # checks; DC blocker
                     x = x if self.corrector is None else self.corrector.process(x)
-                    y = self.enhancer.process(x)
+                    y = self.enhancer.process(x, reference=reference)
                     self._dsp_events(hop_block.t_capture_ns)
                     self.dsp_stats.record(time.perf_counter() - t0, audio_s)
                     self.channel_levels.add(hop_block.samples)
@@ -584,6 +596,7 @@ class Service:
             events.append(("channels", {"t_capture_ns": t_capture_ns,
                                         "dead_channels": list(dead),
                                         "active_channels": list(enh.active_channels)}))
+        events += self.echo_report.events(t_capture_ns)
         if self.link is not None:
             for kind, payload in events:
                 self.link.publish_event(kind, payload)
@@ -625,6 +638,7 @@ class Service:
             quality_level_index=self.governor.level,
             **self._mqtt_telemetry(),
             **self._drift_telemetry(),
+            **self.echo_report.telemetry(),
             **self.selfcheck.telemetry(),
             **(self.usb_poller.telemetry() if self.usb_poller is not None else {}),
         )
@@ -660,6 +674,7 @@ class Service:
     def _audio_properties(self) -> dict[str, Any]:
         """Extra MQTT 5 user properties of each audio chunk."""
         props: dict[str, Any] = {"steer_azimuth_deg": round(self.enhancer.steer_azimuth_deg, 2)}
+        props.update(self.echo_report.audio_properties())  # playback_active, with [echo]
         doa = getattr(self, "doa_azimuth_deg", None)  # set by the DOA tracker when present
         if doa is not None:
             props["doa_azimuth_deg"] = round(float(doa), 2)
