@@ -204,6 +204,9 @@ def calibrate_samples(x_all: np.ndarray, fs_hz: int, positions_m: np.ndarray,
     summary = _summary(chans, health, gains, order, found, reorder,
                        min_confidence, delays, delay_s, timings, multi and not write_channels
                        and reorder)
+    if not order_applied:
+        summary.append("mic delays: not measured (the channel order found differs and was "
+                       "not written)")
     return CalibrationReport(cal, summary, health, gains, order, found,
                              delays, timings)
 
