@@ -20,7 +20,6 @@ source, so delays across devices say nothing about the mics).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -51,9 +50,6 @@ class CalibrationReport:
     mic_of_channel: np.ndarray
     delays: list[DelayEstimate] = field(default_factory=list)
     devices: list[DeviceTiming] = field(default_factory=list)
-
-    def __getitem__(self, key: str) -> Any:  # the dict-style access of earlier versions
-        return getattr(self, key)
 
 
 def select_mics(x: np.ndarray, capture_channels: int | None, mic_channels: list[int],

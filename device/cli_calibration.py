@@ -16,6 +16,8 @@ from mica.array_dsp.errors import MicaError
 if TYPE_CHECKING:
     import numpy as np
 
+    from mica.calibration.procedure import CalibrationReport
+
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
@@ -270,7 +272,8 @@ def calibrate(recording: Path | list[Path], positions_m: np.ndarray, mic_channel
               capture_channels: int | None = None, noise: Path | None = None,
               azimuth_deg: float | None = None, elevation_deg: float | None = None,
               min_confidence: float = 0.5, board: str = "", played: Path | None = None,
-              device_split: str | None = None, min_delay_us: float | None = None) -> Any:
+              device_split: str | None = None, min_delay_us: float | None = None
+              ) -> CalibrationReport:
     """Run every procedure on recorded file(s) (see :mod:`mica.calibration.procedure`)."""
     from mica.calibration.delays import MIN_DELAY_US
 
@@ -291,7 +294,7 @@ def _run(x_all: np.ndarray, fs: int, positions_m: np.ndarray, mic_channels: list
          capture_channels: int | None, noise: Path | None, azimuth_deg: float | None,
          elevation_deg: float | None, min_confidence: float, board: str, recording: str,
          played: Path | None, device_split: str | None,
-         groups: list[tuple[str, list[int]]], min_delay_us: float) -> Any:
+         groups: list[tuple[str, list[int]]], min_delay_us: float) -> CalibrationReport:
     from mica.calibration.measure import CalibrationError
     from mica.calibration.procedure import calibrate_samples
 
@@ -356,11 +359,11 @@ def _cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except CalibrationUsageError as err:
         sys.stderr.write(f"mica calibrate: {err}\n")
         return EXIT_USAGE
-    cal = report["calibration"]
+    cal = report.calibration
     if args.json:
         out.write(json.dumps(cal.to_dict(), indent=2) + "\n")
     else:
-        out.write("\n".join(report["summary"]) + "\n")
+        out.write("\n".join(report.summary) + "\n")
     if args.out:
         save_calibration(cal, args.out)
         out.write(f"wrote {args.out} (set array.calibration_file to use it)\n")
