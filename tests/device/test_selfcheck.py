@@ -213,3 +213,41 @@ def test_daemon_reports_swapped_dead_and_clipped_channels(corpus_dir: Path, tmp_
     assert last["channel_order_suggested"] == [1, 0, 2, 3]
     assert last["channel_clipping"] == [2] and last["dead_channels"] == [3]
     assert last["channel_dead"][3] is True and last["channel_clipping_ratio"][2] > 0.005
+
+
+@pytest.mark.parametrize("echo", [True, False])
+def test_reference_channels_are_not_checked(corpus_dir: Path, tmp_path: Path, mqtt_config,
+                                            mqtt_subscriber, echo: bool) -> None:
+    """Loopback channels (silent: nothing plays) beside 4 good mics: no channel is dead, the
+    order of the 4 mics is checked and fits. With echo on the references are split off
+    before the checks; with echo off and no mic_channels they reach the self-check as rows
+    and are left out by array.reference_channels."""
+    x, geometry = _speech(corpus_dir)
+    wav = tmp_path / "refs.wav"
+    sf.write(wav, np.concatenate([x, np.zeros((2, x.shape[1]), np.float32)]).T, FS,
+             subtype="PCM_16")
+    cfg = mqtt_config(telemetry_interval_s=0.5)
+    mics = [0, 1, 2, 3] if echo else []
+    geo = geometry.tolist() if echo else geometry.tolist() + [[0.0, 0.0, 0.0], [0.0, 0.0, 0.01]]
+    cfg = replace(cfg, capture={"source": "wav", "wav_path": str(wav), "channels": 6},
+                  array={"geometry_m": geo, "mic_channels": mics, "reference_channels": [4, 5]},
+                  echo={"enabled": echo})
+    base = cfg.topic_base
+    sub = mqtt_subscriber(f"{base}/#")
+    chans = [0, 1, 2, 3, 4, 5] if echo else None
+    service = Service(cfg, source_factory=lambda: WavSource(wav, 160, realtime=True, loop=True,
+                                                             speed=4.0, channels=chans))
+    service.start()
+    try:
+        tel = sub.wait_for(lambda ms: any(
+            m.topic == f"{base}/telemetry" and json.loads(m.payload).get("channel_order_ok")
+            is True for m in ms), timeout_s=30)
+    finally:
+        service.request_stop()
+        service.stop()
+    assert service.selfcheck.n_channels == (4 if echo else 6)
+    assert service.selfcheck.exclude_rows == ([] if echo else [4, 5])
+    assert sub.messages(f"{base}/event/channel_health") == []
+    assert sub.messages(f"{base}/event/channel_order") == []
+    last = [json.loads(m.payload) for m in tel if m.topic == f"{base}/telemetry"][-1]
+    assert last["channel_order_checks_total"] >= 1 and last["channel_clipping"] == []
