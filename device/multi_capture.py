@@ -159,6 +159,7 @@ class DeviceAligner:
         self._compensate = compensate
         self._on_event = on_event
         self._expected: dict[str, float] = {}
+        self._aux: tuple[int, float] | None = None
         self.comps: list[DriftCompensator | None] = [None] * len(names)
         self._merged = np.zeros((self.n_channels, self.period_frames), np.float32)
         self._outs = [np.zeros((len(r), self.period_frames), np.float32) for r in self.rows]
@@ -180,6 +181,7 @@ class DeviceAligner:
             compensate=self._compensate,
         )
         comp.expected_delay_samples = self._expected.get(self.names[i], 0.0)
+        comp.aux_delay_samples = None if self._aux is None else self._aux[1]
         self.comps[i] = comp
         log.info(
             "drift: device %r starts %.1f samples after the reference",
@@ -208,6 +210,7 @@ class DeviceAligner:
         it: ``(n_channels, period)`` float32 in geometry row order (reused buffer; copy it
         to keep it). Every other device must be ready (:meth:`needs_input` False)."""
         ref_mono = np.ascontiguousarray(ref_samples[self.analysis_row])
+        ref_aux = None if self._aux is None else np.ascontiguousarray(ref_samples[self._aux[0]])
         for i, dev_rows in enumerate(self.rows):
             out = self._outs[i]
             if i == self.reference:
@@ -215,7 +218,7 @@ class DeviceAligner:
             else:
                 comp = self.comps[i]
                 assert comp is not None
-                for event in comp.process(ref_mono, out):
+                for event in comp.process(ref_mono, out, ref_aux):
                     log.info(
                         "drift %s on %r: %.2f ppm (was %.2f), offset %.2f samples",
                         event.kind,
@@ -229,13 +232,43 @@ class DeviceAligner:
             self._merged[dev_rows] = out
         return self._merged
 
-    def set_expected_delays(self, delays_samples: dict[str, float]) -> None:
+    def set_expected_delays(
+        self, delays_samples: dict[str, float], aux: tuple[int, float] | None = None
+    ) -> None:
         """Acoustic delay of each device's analysis channel behind the reference's, for the
-        look direction (samples); aligning subtracts it."""
+        look direction (samples); aligning subtracts it. ``aux``: ``(channel of the
+        reference device, the talker's delay there behind its analysis channel)``: the
+        offset is then measured where that synchronous pair sees the look direction (the
+        talker's bins, not a louder noise source's)."""
         self._expected.update(delays_samples)
+        if aux is not None:
+            self._aux = (int(aux[0]), float(aux[1]))
         for name, comp in zip(self.names, self.comps, strict=True):
             if comp is not None and name in delays_samples:
                 comp.expected_delay_samples = float(delays_samples[name])
+            if comp is not None and self._aux is not None:
+                comp.aux_delay_samples = self._aux[1]
+
+    def set_look_direction(
+        self,
+        geometry_m: np.ndarray,
+        azimuth_deg: float,
+        elevation_deg: float = 0.0,
+        sound_speed_m_s: float = SOUND_SPEED_M_S,
+    ) -> None:
+        """The talker's delays for a look direction (:func:`look_delays`)."""
+        delays, aux = look_delays(
+            geometry_m,
+            self.rows,
+            self.reference,
+            self.names,
+            self.fs_hz,
+            azimuth_deg,
+            elevation_deg,
+            sound_speed_m_s,
+            self.analysis_row,
+        )
+        self.set_expected_delays(delays, aux)
 
     def status(self, i: int) -> dict[str, Any]:
         """Device ``i``: drift (ppm), offset, lock state (the reference says so)."""
@@ -247,6 +280,43 @@ class DeviceAligner:
         )
         entry["reference"] = False
         return entry
+
+
+def look_delays(
+    geometry_m: np.ndarray,
+    rows: list[list[int]],
+    reference: int,
+    names: list[str],
+    fs_hz: float,
+    azimuth_deg: float,
+    elevation_deg: float = 0.0,
+    sound_speed_m_s: float = SOUND_SPEED_M_S,
+    analysis_row: int = 0,
+) -> tuple[dict[str, float], tuple[int, float] | None]:
+    """What aligning needs of a look direction: :func:`expected_delays_samples`, and the
+    reference device's channel farthest from its analysis channel with the talker's delay
+    there behind it (samples), or ``None`` for a one-channel reference device."""
+    delays = expected_delays_samples(
+        geometry_m,
+        rows,
+        reference,
+        names,
+        fs_hz,
+        azimuth_deg,
+        elevation_deg,
+        sound_speed_m_s,
+        analysis_row,
+    )
+    ref_rows = rows[reference]
+    if len(ref_rows) < 2:
+        return delays, None
+    pos = np.asarray(geometry_m, np.float64)
+    dist = np.linalg.norm(pos[ref_rows] - pos[ref_rows[analysis_row]], axis=1)
+    aux = int(np.argmax(dist))
+    tau_s = far_field_delays_s(
+        pos, azimuth_deg, elevation_deg, sound_speed_m_s, reference_channel=ref_rows[analysis_row]
+    )
+    return delays, (aux, float(tau_s[ref_rows[aux]]) * fs_hz)
 
 
 def expected_delays_samples(
@@ -483,10 +553,11 @@ class MultiCapture:
                 }
             )
 
-    def set_expected_delays(self, delays_samples: dict[str, float]) -> None:
-        """Acoustic delay of each device's analysis channel behind the reference's, for the
-        look direction (samples); aligning subtracts it."""
-        self.aligner.set_expected_delays(delays_samples)
+    def set_expected_delays(
+        self, delays_samples: dict[str, float], aux: tuple[int, float] | None = None
+    ) -> None:
+        """:meth:`DeviceAligner.set_expected_delays`."""
+        self.aligner.set_expected_delays(delays_samples, aux)
 
     def drift_status(self) -> dict[str, dict[str, Any]]:
         """Per device: drift (ppm), offset, lock state, prior; the reference says so."""
@@ -566,16 +637,10 @@ def open_multi_capture(
         nominal_drift_ppm=nominal_drift_ppm,
     )
     if geometry_m is not None:
-        multi.set_expected_delays(
-            expected_delays_samples(
-                geometry_m,
-                [spec.geometry_rows for spec in specs],
-                ref,
-                [spec.name for spec in specs],
-                cap.fs_hz,
-                cfg.dsp.steer_azimuth_deg,
-                cfg.dsp.steer_elevation_deg,
-                cfg.dsp.sound_speed_m_s,
-            )
+        multi.aligner.set_look_direction(
+            geometry_m,
+            cfg.dsp.steer_azimuth_deg,
+            cfg.dsp.steer_elevation_deg,
+            cfg.dsp.sound_speed_m_s,
         )
     return multi

@@ -78,7 +78,9 @@ def align_recordings(
     names: list[str],
     fs_hz: int,
     settings: DriftSettings | None = None,
-    expected_delays_samples: dict[str, float] | None = None,
+    geometry_m: np.ndarray | None = None,
+    steer_azimuth_deg: float = 0.0,
+    steer_elevation_deg: float = 0.0,
     rows: list[list[int]] | None = None,
     compensate: bool = True,
     period_frames: int = PERIOD_FRAMES,
@@ -90,9 +92,11 @@ def align_recordings(
         signals: per device ``(n_ch_i, n_i)`` float32 at the nominal ``fs_hz``.
         names: per device name (reports, events).
         settings: drift estimation settings (the daemon's defaults if ``None``).
-        expected_delays_samples: per device name, the talker's acoustic delay at its
-            analysis channel behind the reference's (``expected_delays_samples`` in
-            :mod:`~mica.device.multi_capture`); aligning keeps it.
+        geometry_m: ``(n_mics, 3)`` positions (rows as ``rows``): with it, the talker in
+            the look direction ``steer_azimuth_deg``/``steer_elevation_deg`` keeps its
+            physical delays between devices, and the offset is measured on the bins where
+            the reference device sees that direction
+            (:meth:`~mica.device.multi_capture.DeviceAligner.set_look_direction`).
         rows: geometry rows per device (default: the devices' channels in file order).
         compensate: resample (True) or only estimate (False: the output is the raw input).
         period_frames: block length.
@@ -123,8 +127,8 @@ def align_recordings(
     aligner = DeviceAligner(
         names, rows, 0, fs_hz, period_frames, settings, compensate, on_event=on_event
     )
-    if expected_delays_samples:
-        aligner.set_expected_delays(expected_delays_samples)
+    if geometry_m is not None:
+        aligner.set_look_direction(geometry_m, steer_azimuth_deg, steer_elevation_deg)
     ref = signals[0]
     n = ref.shape[1]
     n_blocks = math.ceil(n / period_frames)
@@ -188,7 +192,6 @@ def align_device_files(
     the first file's, or channels that do not add up to the geometry's microphones.
     """
     from mica.device.enhance_file import resample_to
-    from mica.device.multi_capture import expected_delays_samples
 
     signals, fs_in_hz = read_device_files(paths)
     counts = [s.shape[0] for s in signals]
@@ -204,8 +207,14 @@ def align_device_files(
     for c in counts:
         rows.append(list(range(start, start + c)))
         start += c
-    delays = expected_delays_samples(
-        geometry.positions_m, rows, 0, names, fs_hz, steer_azimuth_deg, steer_elevation_deg
+    aligned = align_recordings(
+        signals,
+        names,
+        fs_hz,
+        settings,
+        geometry.positions_m,
+        steer_azimuth_deg,
+        steer_elevation_deg,
+        rows,
     )
-    aligned = align_recordings(signals, names, fs_hz, settings, delays, rows)
     return aligned.samples, fs_in_hz, aligned

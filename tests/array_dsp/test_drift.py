@@ -23,6 +23,8 @@ from mica.array_dsp.drift import (
     gcc_phat,
     group_coherence_kernel,
     group_coherence_reference,
+    talker_cross_spectrum_kernel,
+    talker_cross_spectrum_reference,
     weighted_median,
 )
 from mica.array_dsp.resample import (
@@ -195,8 +197,10 @@ def _two_devices(speech: np.ndarray, ppm: int, snr_db: float, offset: int, seed:
     return a.astype(np.float32), b[offset:].astype(np.float32)
 
 
-def run_compensator(a: np.ndarray, b: np.ndarray, comp: DriftCompensator, hop: int = 160):
-    """Stream both devices through ``comp``; ``(estimates per second, aligned output)``."""
+def run_compensator(a: np.ndarray, b: np.ndarray, comp: DriftCompensator, hop: int = 160,
+                    events: list | None = None, aux: np.ndarray | None = None):
+    """Stream both devices through ``comp``; ``(estimates per second, aligned output)``.
+    ``events`` collects the drift events; ``aux`` is a second reference-device channel."""
     out = np.zeros((1, hop), np.float32)
     aligned = np.zeros(a.size, np.float32)
     est = []
@@ -205,7 +209,10 @@ def run_compensator(a: np.ndarray, b: np.ndarray, comp: DriftCompensator, hop: i
         while not comp.ready(hop):
             comp.push(b[None, pushed:pushed + hop])
             pushed += hop
-        comp.process(a[k * hop:(k + 1) * hop], out)
+        got = comp.process(a[k * hop:(k + 1) * hop], out,
+                           None if aux is None else aux[k * hop:(k + 1) * hop])
+        if events is not None:
+            events.extend(got)
         aligned[k * hop:(k + 1) * hop] = out[0]
         if (k + 1) % (FS // hop) == 0:
             est.append(comp.drift_ppm)
@@ -228,14 +235,31 @@ def test_estimator_converges_on_simulated_two_device_speech(corpus_dir: Path,
 
 
 def test_estimator_relocks_after_a_device_reset(corpus_dir: Path) -> None:
-    """The device restarts mid-stream (its input jumps by 1234 samples): the compensator
-    re-acquires and tracks the same drift again."""
+    """The device restarts mid-stream (its input jumps by 1234 samples at 8 s): the
+    compensator raises a ``relock`` event within a few seconds, re-acquires (an
+    ``acquired`` event whose offset moved by the jump), tracks the same drift again and
+    the aligned output lines up with the reference again."""
     a, b = _two_devices(_speech(corpus_dir, 26), 60, 15.0, 0)
     b = np.r_[b[: 8 * FS], b[8 * FS + 1234:]]
+    a = a[: 25 * FS]
     comp = DriftCompensator(1, FS)
-    est, _ = run_compensator(a[: 25 * FS], b, comp)
+    events: list = []
+    est, aligned = run_compensator(a, b, comp, events=events)
     assert comp.relocks >= 1
+    kinds = [(e.kind, round(e.t_s)) for e in events]
+    relocks = [e for e in events if e.kind == "relock"]
+    assert relocks and 8 < relocks[0].t_s <= 13, kinds
+    before = [e for e in events if e.kind == "acquired" and e.t_s < 8]
+    after = [e for e in events if e.kind == "acquired" and e.t_s > relocks[0].t_s]
+    assert before and after, kinds
+    # the device's index for a reference sample dropped by the lost samples (the drift
+    # meanwhile adds 60 ppm of the time between the events, about 11 samples)
+    moved = after[0].offset_samples - before[0].offset_samples
+    assert abs(moved + 1234) < 20, (moved, kinds)
     assert abs(est[-1] - 60) < 2.0, est
+    # aligned again (no expected delay given: the talker's 2 samples count as offset)
+    lag, _ = gcc_phat(a[-4 * FS:-FS], aligned[-4 * FS:-FS], 50)
+    assert abs(lag) < 0.3, lag
 
 
 def test_coherence_kernels_equal_references() -> None:
@@ -296,3 +320,73 @@ def test_drift_converges_with_a_louder_point_noise_in_another_direction(
     est, _ = run_compensator(a.astype(np.float32), b[31:].astype(np.float32), comp)
     assert abs(est[9] - 100) < 1.0 and abs(est[13] - 100) < 1.0, est
     assert comp.state == LOCKED and comp.relocks == 0
+
+
+@pytest.mark.parametrize("n_frames, n_all, tau_x, sharpness", [(12, 65, 2.5, 4.0),
+                                                               (3, 513, -7.0, 1.0),
+                                                               (1, 9, 0.0, 16.0)])
+def test_talker_cross_spectrum_kernel_equals_reference(n_frames: int, n_all: int,
+                                                       tau_x: float, sharpness: float) -> None:
+    rng = np.random.default_rng(n_all)
+
+    def spec() -> np.ndarray:
+        return (rng.standard_normal((n_frames, n_all))
+                + 1j * rng.standard_normal((n_frames, n_all))).astype(np.complex64)
+    a, b, x = spec(), spec(), spec()
+    x[:, 1] = 0  # a silent bin of the mask channel: no contribution
+    bins = np.arange(1, n_all - 1, dtype=np.int64)
+    omega = np.pi * bins / (n_all - 1)
+    phi = np.zeros(bins.size, np.complex128)
+    paa = np.zeros(bins.size)
+    pbb = np.zeros(bins.size)
+    talker_cross_spectrum_kernel(a, b, x, bins, omega, tau_x, sharpness, phi, paa, pbb)
+    want = talker_cross_spectrum_reference(a, b, x, bins, omega, tau_x, sharpness)
+    for got, ref in zip((phi, paa, pbb), want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-9)
+    assert phi[0] == 0 and paa[0] == 0
+    # a mask channel that sees exactly the look direction passes everything
+    x_look = (a[:, bins] * np.exp(-1j * omega * tau_x)[None, :]).astype(np.complex64)
+    x_full = np.zeros_like(a)
+    x_full[:, bins] = x_look
+    phi.fill(0)
+    paa.fill(0)
+    pbb.fill(0)
+    talker_cross_spectrum_kernel(a, b, x_full, bins, omega, tau_x, sharpness, phi, paa, pbb)
+    np.testing.assert_allclose(paa, (np.abs(a[:, bins]) ** 2).sum(0), rtol=1e-4)
+
+
+def test_look_direction_mask_keeps_the_talkers_offset_under_a_louder_noise(
+        corpus_dir: Path) -> None:
+    """Talker and a point noise source 6 dB louder (dishes) in another direction; the
+    second device +100 ppm and 31 samples late. Without the mask the offset follows the
+    louder noise (its inter-device delay, 9 samples from the talker's); with a second
+    reference channel seeing the talker 3 samples later and the noise 2 samples earlier,
+    the offset is the talker's: the aligned device keeps the talker's physical delay."""
+    seconds = 12
+    speech = _speech(corpus_dir, seconds)
+    noise = sf.read(corpus_dir / "noise" / "speechcommands_doing_the_dishes.wav")[0]
+    noise = np.resize(noise, speech.size)
+    noise *= np.sqrt(np.mean(speech ** 2) / np.mean(noise ** 2) * 10 ** (6 / 10))
+    rng = np.random.default_rng(5)
+    floor = 1e-3 * np.sqrt(np.mean(speech ** 2))
+
+    def mic(d_talker: int, d_noise: int) -> np.ndarray:
+        return (_delayed(speech, d_talker) + _delayed(noise, d_noise)
+                + floor * rng.standard_normal(speech.size))
+    a, aux, b = mic(0, 0), mic(3, -2), mic(4, -5)
+    fr = Fraction(1_000_100, 1_000_000)
+    b = scipy.signal.resample_poly(np.r_[b, np.zeros(100)], fr.numerator, fr.denominator)
+    b = b[31:].astype(np.float32)
+    lags = {}
+    for masked in (False, True):
+        comp = DriftCompensator(1, FS)
+        comp.expected_delay_samples = 4.0
+        comp.aux_delay_samples = 3.0 if masked else None
+        est, aligned = run_compensator(a.astype(np.float32), b, comp,
+                                       aux=aux.astype(np.float32))
+        assert abs(est[-1] - 100) < 1.0, est
+        # where the aligned device sits: the talker alone, through both signal paths
+        clean_b = _delayed(speech, 4)
+        lags[masked], _ = gcc_phat(clean_b[-6 * FS:-FS], aligned[-6 * FS:-FS], 50)
+    assert abs(lags[True]) < 0.5, lags
+    assert abs(lags[False]) > 3.0, lags  # the failure the mask removes
