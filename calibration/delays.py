@@ -93,13 +93,14 @@ def _robust_line(proj_s: np.ndarray, t: np.ndarray, k_min: float, k_max: float
     return float(t0), float(k)
 
 
-def arrivals_against_played(x: np.ndarray, played: np.ndarray, fs_hz: float,
-                            max_latency_s: float = MAX_PLAYBACK_LATENCY_S) -> np.ndarray:
-    """``(n_ch,)`` arrival time of the played signal on each channel (s, mean removed).
+def align_played(x: np.ndarray, played: np.ndarray, fs_hz: float,
+                 max_latency_s: float = MAX_PLAYBACK_LATENCY_S) -> tuple[np.ndarray, np.ndarray]:
+    """The played signal shifted by the play-to-record latency, ``(n,)``, and each channel's
+    whole lag against it, ``(n_ch,)`` samples.
 
     ``x``: ``(n_ch, n)`` the recording; ``played``: ``(m,)`` what the loudspeaker played
     (a sweep, a noise burst). GCC-PHAT of each channel against ``played`` over
-    ``0 .. max_latency_s``; the common play-to-record latency cancels in the mean.
+    ``0 .. max_latency_s``; the shift is the median lag, in whole samples.
     """
     x = np.asarray(x, np.float64)
     ref = np.asarray(played, np.float64).ravel()
@@ -115,15 +116,23 @@ def arrivals_against_played(x: np.ndarray, played: np.ndarray, fs_hz: float,
             raise CalibrationError(f"channel {i}: the played signal is not found in the "
                                    f"recording (GCC-PHAT peak ratio {ratio:.2f}); is it the "
                                    "signal that was played?")
-    # the common latency in whole samples, then every channel against the shifted played
-    # signal on the 16x interpolated grid of measure.gcc_phat
     shift = int(round(float(np.median(lags))))
     shifted = np.zeros(n)
     if shift >= 0:
         shifted[shift:] = ref[: n - shift]
     else:
         shifted[: n + shift] = ref[-shift:]
-    spread_s = (float(np.max(np.abs(lags - shift))) + 2.0) / fs_hz
+    return shifted, lags - shift
+
+
+def arrivals_against_played(x: np.ndarray, played: np.ndarray, fs_hz: float,
+                            max_latency_s: float = MAX_PLAYBACK_LATENCY_S) -> np.ndarray:
+    """``(n_ch,)`` arrival time of the played signal on each channel (s, mean removed):
+    :func:`align_played`, then every channel against the shifted played signal on the 16x
+    interpolated grid of :func:`mica.calibration.measure.gcc_phat`."""
+    x = np.asarray(x, np.float64)
+    shifted, lags = align_played(x, played, fs_hz, max_latency_s)
+    spread_s = (float(np.max(np.abs(lags))) + 2.0) / fs_hz
     tdoa = gcc_phat(np.vstack([shifted[None], x]), fs_hz, max_tau_s=spread_s).tdoa_s
     t = tdoa[1:, 0]
     return t - t.mean()

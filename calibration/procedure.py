@@ -7,7 +7,9 @@ Order of the steps (each uses what the previous ones found):
 2. several devices: offset and drift of each against the first (:mod:`.devices`), and the
    devices resampled onto one clock;
 3. dead-mic test (:func:`~.measure.channel_health`);
-4. gains from diffuse noise (:func:`~.measure.estimate_gains`);
+4. gains from diffuse noise (:func:`~.measure.estimate_gains`; ``--noise`` or the recording
+   itself) or, given the played signal and no noise recording, from the transfer function
+   of each mic (:func:`~.played_gain.estimate_gains_played`);
 5. channel order from inter-mic delays (:func:`~.measure.check_channel_order`);
 6. per-mic delay errors against the plane-wave model of the source (:mod:`.delays`),
    with the channels in the order found.
@@ -36,6 +38,7 @@ from mica.calibration.measure import (
     check_channel_order,
     estimate_gains,
 )
+from mica.calibration.played_gain import estimate_gains_played
 
 
 @dataclass
@@ -126,8 +129,13 @@ def calibrate_samples(x_all: np.ndarray, fs_hz: int, positions_m: np.ndarray,
         xn, _ = select_mics(np.asarray(noise, np.float64), capture_channels, mic_channels,
                             noise_name or "noise")
         gains = estimate_gains(xn, fs_hz, exclude=dead)
+        gain_method = "diffuse-noise PSD ratio vs array median"
+    elif played is not None:
+        gains = estimate_gains_played(x, played, fs_hz, exclude=dead)
+        gain_method = "H1 transfer from the played signal vs array median"
     else:
         gains = estimate_gains(x, fs_hz, exclude=dead)
+        gain_method = "diffuse-noise PSD ratio vs array median"
     blocks = ([g for _, g in devices] if multi and azimuth_deg is None and devices
               else [list(range(n))])
     # order among the live channels of each block; a dead channel keeps its profile mic.
@@ -171,7 +179,7 @@ def calibrate_samples(x_all: np.ndarray, fs_hz: int, positions_m: np.ndarray,
                       if write_channels else None),
         devices=tuple(DeviceOffset(t.name, t.offset_s, t.drift_ppm) for t in timings),
         board=board, created_utc=utc_now(),
-        method=("gain: diffuse-noise PSD ratio vs array median "
+        method=(f"gain: {gain_method} "
                 f"({gains.band_hz[0]:.0f}-{gains.band_hz[1]:.0f} Hz); order: GCC-PHAT "
                 "delays vs far-field model; dead mic: level/coherence; delay: "
                 + ("GCC-PHAT against the played signal" if played is not None
@@ -197,7 +205,7 @@ def calibrate_samples(x_all: np.ndarray, fs_hz: int, positions_m: np.ndarray,
                          "offset_samples": round(t.offset_samples, 3), "lock": t.lock}
                         for t in timings],
         })
-    summary = _summary(chans, health, gains, order, found, reorder,
+    summary = _summary(chans, health, gains, gain_method, order, found, reorder,
                        min_confidence, delays, delay_s, timings, multi and not write_channels
                        and reorder)
     if not order_applied:
@@ -220,7 +228,7 @@ def _residuals_us(delays: list[DelayEstimate], blocks: list[list[int]], excluded
     return out
 
 
-def _summary(chans: list[int], health: ChannelHealth, gains: GainEstimate,
+def _summary(chans: list[int], health: ChannelHealth, gains: GainEstimate, gain_method: str,
              order: ChannelOrder | None, mic_of_channel: np.ndarray, reorder: bool,
              min_confidence: float, delays: list[DelayEstimate], delay_s: np.ndarray,
              timings: list[DeviceTiming], multi_order_unwritten: bool) -> list[str]:
@@ -233,8 +241,11 @@ def _summary(chans: list[int], health: ChannelHealth, gains: GainEstimate,
     dead = health.dead
     lines.append(f"dead mics: {', '.join(f'channel {chans[i]}' for i in dead) or 'none'}")
     spread = float(np.max(gains.spread_db))
-    lines.append(f"gains: max spread of the per-band estimates {spread:.2f} dB"
-                 + (" (noise not diffuse enough: use --noise with a fan or pink noise)"
+    played = gain_method.startswith("H1")
+    lines.append(f"gains ({'from the played signal' if played else 'from the noise field'}):"
+                 f" max spread of the per-band estimates {spread:.2f} dB"
+                 + ((" (strong reflections: move the loudspeaker, or use --noise)" if played
+                     else " (noise not diffuse enough: use --noise with a fan or pink noise)")
                     if spread > 3.0 else ""))
     if order is None:
         lines.append("channel order: not checked (fewer than 2 live mics)")
