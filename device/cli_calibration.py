@@ -54,7 +54,8 @@ def register(sub: Any) -> None:
     cal.add_argument("--noise", type=Path, metavar="WAV", help="diffuse-noise recording for the "
                      "gains (default: the main recording)")
     cal.add_argument("--played", type=Path, metavar="WAV", help="the signal the loudspeaker "
-                     "played (a sweep): mic delays measured against it")
+                     "played (a sweep): mic delays, and without --noise the gains, measured "
+                     "against it")
     cal.add_argument("--device-split", metavar="N,N,...", help="the recording's mics come "
                      "from several devices: mics per device, in order (first: clock "
                      "reference)")
