@@ -409,14 +409,19 @@ class Service:
     # ------------------------------------------------------------------ threads
 
     def _capture_loop(self) -> None:
-        """Read blocks, enqueue them; reopen the device with backoff when it fails."""
+        """Read blocks, enqueue them; reopen the device with backoff when it fails. The first
+        block after a reopen carries the frames missed while the device was gone as its
+        ``gap_frames`` (from the capture times), like a block after an overrun."""
         attempt = 0
+        next_t_ns: int | None = None  # capture time the next block would have had
+        reopened = False
         try:
             while not self._stop.is_set():
                 source = self._source
                 if source is None:
                     self._reopen(attempt)
                     attempt += 1
+                    reopened = self._source is not None
                     continue
                 try:
                     block = source.read()
@@ -427,6 +432,12 @@ class Service:
                     log.info("capture source ended")
                     break
                 attempt = 0
+                if reopened and next_t_ns is not None:
+                    lost = round((block.t_capture_ns - next_t_ns) * self.cfg.capture.fs_hz / 1e9)
+                    block = dataclasses.replace(block, gap_frames=block.gap_frames + max(0, lost))
+                reopened = False
+                next_t_ns = (block.t_capture_ns
+                             + block.n_samples * 1_000_000_000 // self.cfg.capture.fs_hz)
                 self.ring.put(block)
         finally:
             self._close_source()

@@ -90,7 +90,9 @@ def test_daemon_survives_a_device_failing_mid_stream(failmic, mqtt_config,
     base = cfg.topic_base
     audio_topic = f"{base}/audio/{cfg.mqtt.audio_stream}"
     sub = mqtt_subscriber(f"{base}/#")
-    service = Service(cfg)
+    gaps: list[int] = []
+    service = Service(cfg, dsp_hook=lambda hop: gaps.append(hop.gap_frames) if hop.gap_frames
+                      else None)
     service.start()
     try:
         sub.wait_count(audio_topic, 10, timeout_s=15)
@@ -129,5 +131,9 @@ def test_daemon_survives_a_device_failing_mid_stream(failmic, mqtt_config,
     seqs = [s for s, _ in chunks]
     assert seqs == sorted(set(seqs))
     assert seqs[-1] - seqs[0] + 1 - len(seqs) == service.link.dropped_audio_total
+    # the DSP is told of the discontinuity: the first block after the return carries the
+    # frames missed, about the downtime (plus the reopened device's first period)
+    assert len(gaps) == 1
+    assert back["downtime_seconds"] - 0.05 < gaps[0] / 16000 < back["downtime_seconds"] + 0.5
     assert service.device_errors_total == 1
     assert service.downtime_seconds_total == pytest.approx(back["downtime_seconds"], abs=2e-3)
