@@ -63,6 +63,11 @@ class AecParams:
         psi_smoothing: ``beta``, smoothing of the error PSD per block.
         initial_state_var: ``P`` at start and after a path change (filter-coefficient
             variance in the FFT domain, relative to a unit echo path).
+        constraint_partitions: ``0``: constrain every partition's gradient every block
+            (exact overlap-save); ``c > 0``: apply the gradients unconstrained and project
+            ``c`` partitions of the filter per block onto the linear-convolution subspace,
+            round robin (the alternating constraint of Speex's MDF: ``P / c`` times fewer
+            FFTs; each partition is cleaned every ``ceil(P / c)`` blocks).
         misalignment: share of the predicted misalignment echo ``sum P |X|^2`` taken out of
             the error PSD to estimate the near-end PSD (Enzner & Vary 2006, eq. 30).
         psi_floor: the near-end PSD estimate is at least this share of the error PSD.
@@ -87,6 +92,7 @@ class AecParams:
     psi_smoothing: float = 0.5
     initial_state_var: float = 10.0
     misalignment: float = 1.0
+    constraint_partitions: int = 3
     psi_floor: float = 0.1
     coherence_smoothing: float = 0.9
     far_threshold_db: float = -60.0
@@ -109,6 +115,7 @@ class AecParams:
             ("power_smoothing", 0.0 <= self.power_smoothing < 1.0),
             ("erle_smoothing", 0.0 <= self.erle_smoothing < 1.0),
             ("path_change_blocks", self.path_change_blocks >= 1),
+            ("constraint_partitions", self.constraint_partitions >= 0),
             ("coherence_smoothing", 0.0 <= self.coherence_smoothing < 1.0),
             ("double_talk_hold_blocks", self.double_talk_hold_blocks >= 0),
         )
@@ -493,8 +500,14 @@ class EchoCanceller:
         self._w = np.zeros(shape, np.complex128)
         self._p = np.full(shape, p.initial_state_var, np.float64)
         self._grad = np.zeros(shape, np.complex128)
-        self._grad_time = np.zeros(shape[:3] + (2 * n,), np.float64)
-        self._grad_time_2d = self._grad_time.reshape(-1, 2 * n)
+        self._cp = min(p.constraint_partitions, self.n_partitions)
+        self._cp_next = 0
+        if self._cp == 0:
+            self._grad_time = np.zeros(shape[:3] + (2 * n,), np.float64)
+            self._grad_time_2d = self._grad_time.reshape(-1, 2 * n)
+        else:
+            self._w_time = np.zeros(shape[:2] + (self._cp, 2 * n), np.float64)
+            self._w_spec = np.zeros(shape[:2] + (self._cp, self.n_bins), np.complex128)
         self._y_hat = np.zeros((self.n_mics, self.n_bins), np.complex128)
         self._y_hat_time = np.zeros((self.n_mics, 2 * n), np.float64)
         self._err_pad = np.zeros((self.n_mics, 2 * n), np.float64)
@@ -562,6 +575,7 @@ class EchoCanceller:
 
     def _restart_filter(self) -> None:
         self._w.fill(0)
+        self._cp_next = 0
         self._p.fill(self.params.initial_state_var)
         for buf in (self._psi, self._s_ex, self._s_xx, self._s_ee, self.coherence):
             buf.fill(0)
@@ -601,10 +615,13 @@ class EchoCanceller:
             self._s_ee,
             self.coherence,
         )
-        _irfft(self._grad, 2 * n, self._grad_time)
-        constrain_kernel(self._grad_time_2d)
-        _rfft(self._grad_time, self._grad)
+        if self._cp == 0:
+            _irfft(self._grad, 2 * n, self._grad_time)
+            constrain_kernel(self._grad_time_2d)
+            _rfft(self._grad_time, self._grad)
         state_update_kernel(self._w, self._grad, self._p, p.path_forget**2)
+        if self._cp:
+            self._project_filter()
         monitor_kernel(
             mic,
             self.out,
@@ -620,6 +637,20 @@ class EchoCanceller:
             self.path_changes_total += 1
             self._restart_filter()
         return self.out
+
+    def _project_filter(self) -> None:
+        """Alternating constraint: the next ``c`` partitions of ``W`` (round robin) to
+        impulse responses of ``N`` taps (irfft, zero the last ``N``, rfft)."""
+        n = self.block_samples
+        a = self._cp_next
+        b = min(a + self._cp, self.n_partitions)
+        length = b - a
+        w_time = self._w_time[:, :, :length]
+        _irfft(self._w[:, :, a:b], 2 * n, w_time)
+        w_time[..., n:] = 0.0
+        _rfft(w_time, self._w_spec[:, :, :length])
+        self._w[:, :, a:b] = self._w_spec[:, :, :length]
+        self._cp_next = 0 if b >= self.n_partitions else b
 
     def reset(self) -> None:
         """Back to silence: filter, reference history, monitors (keeps the bulk delay)."""
@@ -680,6 +711,8 @@ def aec_reference(
     thr_far = 10.0 ** (p.far_threshold_db / 10.0)
     dt_ratio = 10.0 ** (p.double_talk_db / 10.0)
     pc_ratio = 10.0 ** (p.path_change_db / 10.0)
+    cp = min(p.constraint_partitions, n_part)
+    cp_next = 0
     pc_min_erle = 10.0 ** (p.path_change_min_erle_db / 10.0)
     s_xx = np.zeros((n_ref, n_part, k_bins))
     s_ee = np.zeros((n_mic, k_bins))
@@ -708,11 +741,19 @@ def aec_reference(
         gain = pc / den[:, None, None, :]
         grad = gain * np.conj(x_hist)[None] * e_spec[:, None, None, :]
         pc = pc * (1.0 - 0.5 * gain * x2[None])
-        gt = np.fft.irfft(grad, 2 * n)
-        gt[..., n:] = 0.0
-        w = w + np.fft.rfft(gt)
+        if cp == 0:
+            gt = np.fft.irfft(grad, 2 * n)
+            gt[..., n:] = 0.0
+            grad = np.fft.rfft(gt)
+        w = w + grad
         a2 = p.path_forget**2
         pc = a2 * pc + (1 - a2) * np.abs(w) ** 2
+        if cp:
+            lo, hi = cp_next, min(cp_next + cp, n_part)
+            wt = np.fft.irfft(w[:, :, lo:hi], 2 * n)
+            wt[..., n:] = 0.0
+            w[:, :, lo:hi] = np.fft.rfft(wt)
+            cp_next = 0 if hi >= n_part else hi
         # coherence (coherence_kernel)
         ac = p.coherence_smoothing
         s_xx = ac * s_xx + (1 - ac) * x2
@@ -752,6 +793,7 @@ def aec_reference(
             pw[:, 3:5] = 0.0
             pc = np.full(w.shape, p.initial_state_var)
             w = np.zeros_like(w)
+            cp_next = 0
             psi = np.zeros_like(psi)
             s_ex, s_xx, s_ee = np.zeros_like(s_ex), np.zeros_like(s_xx), np.zeros_like(s_ee)
     return {"out": out, "echo": echo, **res}

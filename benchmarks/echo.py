@@ -1,0 +1,245 @@
+"""Echo benchmark: mica's echo canceller against speexdsp's, on corpus audio through measured
+room impulse responses and a soft-clipping loudspeaker.
+
+    python benchmarks/echo.py [--quick] [--json OUT.json]
+
+Scenes (:mod:`mica.evaluation.echo_scene`; far end peak 0.5 into ``tanh(2 x) / 2``):
+
+- ``speech``: LibriSpeech far end, measured 8-ch RIR (lhotse "real", first 4 channels),
+  single talk;
+- ``music``: jazz far end (corpus/noise), same room, single talk;
+- ``speech+80ms``: 80 ms playback buffering, measured living-room RIR (MIT IR survey),
+  one mic: the bulk-delay tracker has to find it (the 128 ms tail alone cannot hold both);
+- ``double talk``: speech far end, near-end talker (CMU ARCTIC) at 0 dB against the echo in
+  the second half.
+
+Methods on microphone 0: ``mica`` (:class:`~mica.array_dsp.echo.EchoControl`, 128 ms tail,
+bulk delay on), ``speex`` (libspeexdsp's MDF echo canceller through the ``speexdsp-aec``
+ctypes wheel, 10 ms frames, 128 ms tail, 16-bit I/O; needs the system ``libspeexdsp1``);
+for the 4-mic speech scene also mica's whole chain (AEC per mic -> delay-and-sum ->
+residual-echo gains) against the plain beam.
+
+Prints ERLE (dB, :func:`~mica.evaluation.metrics.erle_db`) per 0.5 s window, the
+steady-state ERLE (median of the second half's windows), the time until ERLE first stays
+within 3 dB of it (convergence, from the first far-end sound), the online ERLE estimate at
+the end, and, in double talk, near-end PESQ-wb and SI-SDR of the output over the
+double-talk window against the near end alone (the mic without echo scores the "near end
+alone" row), plus the real-time factor per microphone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mica.array_dsp.echo import EchoControl
+from mica.array_dsp.enhancer import Enhancer
+from mica.evaluation.echo_scene import FS_HZ, EchoScene, make_echo_scene
+from mica.evaluation.metrics import erle_db, pesq_wb, si_sdr_db
+from mica.evaluation.scenarios import circular_geometry
+
+log = logging.getLogger("benchmarks.echo")
+HOP = 160
+WINDOW_S = 0.5
+
+
+def corpus_path() -> Path:
+    return Path(
+        os.environ.get("MICA_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus")
+    )
+
+
+def run_mica(scene: EchoScene, n_mics: int = 1) -> tuple[np.ndarray, float, float]:
+    """``(out (n_mics, n), online ERLE estimate at the end, seconds of processing)``."""
+    echo = EchoControl(n_mics, 1, HOP, FS_HZ)
+    echo.warmup()
+    mic = scene.mic[:n_mics]
+    n_blocks = mic.shape[1] // HOP
+    out = np.zeros((n_mics, n_blocks * HOP), np.float32)
+    t0 = time.perf_counter()
+    for b in range(n_blocks):
+        sl = slice(b * HOP, (b + 1) * HOP)
+        out[:, sl] = echo.process(
+            np.ascontiguousarray(mic[:, sl]), np.ascontiguousarray(scene.ref[:, sl])
+        )
+    return out, echo.erle_db, time.perf_counter() - t0
+
+
+def speex_available() -> str | None:
+    """``None`` when speexdsp's canceller can run here, else why not."""
+    try:
+        from speexdsp_aec import SpeexAec
+
+        SpeexAec(FS_HZ, 10, 128)
+    except Exception as err:  # missing wheel or missing libspeexdsp
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def run_speex(scene: EchoScene) -> tuple[np.ndarray, float]:
+    """libspeexdsp MDF on mic 0: ``(out (1, n), seconds)``; 16-bit in and out."""
+    from speexdsp_aec import SpeexAec
+
+    aec = SpeexAec(FS_HZ, 10, 128)
+    to16 = lambda x: np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16)  # noqa: E731
+    near, ref = to16(scene.mic[0]), to16(scene.ref[0])
+    n = near.shape[0] // HOP * HOP
+    parts = []
+    t0 = time.perf_counter()
+    for i in range(0, n, HOP):
+        parts.append(aec.process(near[i : i + HOP], ref[i : i + HOP]))
+    seconds = time.perf_counter() - t0
+    out = np.frombuffer(b"".join(parts), np.int16).astype(np.float32) / 32768.0
+    return out[None, :n], seconds
+
+
+def run_chain(scene: EchoScene, with_echo: bool) -> np.ndarray:
+    """4-mic Enhancer (delay-and-sum), with the echo stage (AEC + RES) or without."""
+    geometry = circular_geometry(4, 0.05)
+    enh = Enhancer(geometry, echo=EchoControl(4, 1, HOP, FS_HZ) if with_echo else None)
+    n_blocks = scene.mic.shape[1] // HOP
+    out = np.zeros(n_blocks * HOP, np.float32)
+    for b in range(n_blocks):
+        sl = slice(b * HOP, (b + 1) * HOP)
+        out[sl] = enh.process(
+            np.ascontiguousarray(scene.mic[:4, sl]),
+            reference=np.ascontiguousarray(scene.ref[:, sl]),
+        )
+    return out
+
+
+def erle_windows(echo: np.ndarray, residual: np.ndarray) -> list[float]:
+    """ERLE per :data:`WINDOW_S` window (``nan`` where the echo is silent)."""
+    w = int(WINDOW_S * FS_HZ)
+    vals = []
+    for i in range(0, echo.shape[0] - w + 1, w):
+        e = echo[i : i + w]
+        vals.append(erle_db(e, residual[i : i + w]) if np.sum(e**2) > 1e-8 else float("nan"))
+    return vals
+
+
+def convergence(windows: list[float], onset_s: float) -> tuple[float, float]:
+    """``(steady-state ERLE, seconds from onset until ERLE stays within 3 dB of it)``."""
+    arr = np.array(windows)
+    steady = float(np.nanmedian(arr[len(arr) // 2 :]))
+    ok = ~(arr < steady - 3.0)  # nan windows (no echo) do not break a run
+    t_conv = float("nan")
+    for i in range(len(arr)):
+        if ok[i:].all():
+            t_conv = max(0.0, (i + 1) * WINDOW_S - onset_s)
+            break
+    return steady, t_conv
+
+
+def onset_s(scene: EchoScene) -> float:
+    active = np.nonzero(np.abs(scene.ref[0]) > 1e-3)[0]
+    return float(active[0]) / FS_HZ if active.size else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="6 s scenes instead of 12 s")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    corpus = corpus_path()
+    seconds = 6.0 if args.quick else 12.0
+    speex_why = speex_available()
+    scenes = {
+        "speech": make_echo_scene(corpus, seconds, n_mics=4),
+        "music": make_echo_scene(corpus, seconds, n_mics=1, far="music"),
+        "speech+80ms": make_echo_scene(
+            corpus,
+            seconds,
+            n_mics=1,
+            rir="mit_ir_survey_h010_livingroom_16k.wav",
+            playback_delay_ms=80.0,
+        ),
+        "double talk": make_echo_scene(
+            corpus, seconds, n_mics=1, near_window_s=(seconds / 2, seconds)
+        ),
+    }
+    results: dict = {"speex": speex_why or "libspeexdsp via speexdsp-aec", "scenes": {}}
+    print(
+        f"echo benchmark: {seconds:.0f} s scenes, hop {HOP}, tail 128 ms, ERLE on mic 0 "
+        f"per {WINDOW_S} s window"
+    )
+    print(f"speex: {'available' if speex_why is None else 'NOT RUN: ' + speex_why}")
+    for name, scene in scenes.items():
+        methods = {"mica": run_mica(scene)}
+        if speex_why is None:
+            out, sec = run_speex(scene)
+            methods["speex"] = (out, float("nan"), sec)
+        on = onset_s(scene)
+        print(f"\n== {name} (far-end onset {on:.2f} s)")
+        res: dict = {}
+        for method, (out, online, sec) in methods.items():
+            residual = out[0] - scene.near[0, : out.shape[1]]
+            wins = erle_windows(scene.echo[0, : out.shape[1]], residual)
+            rtf = sec / (out.shape[1] / FS_HZ)
+            row: dict = {"rtf_per_mic": rtf, "erle_windows_db": wins}
+            if scene.near_window_s is None:
+                steady, t_conv = convergence(wins, on)
+                row.update(steady_erle_db=steady, converged_s=t_conv, online_erle_db=online)
+                print(
+                    f"{method:6s} steady ERLE {steady:5.1f} dB, within 3 dB after "
+                    f"{t_conv:4.2f} s, online estimate {online:5.1f} dB, RTF {rtf:.4f}"
+                )
+            else:
+                a, b = (int(t * FS_HZ) for t in scene.near_window_s)
+                near, y = scene.near[0, a:b], out[0, a:b]
+                row.update(
+                    pesq=pesq_wb(y, near),
+                    si_sdr_db=si_sdr_db(y, near),
+                    single_talk_erle_db=float(np.nanmedian(wins[2 : len(wins) // 2])),
+                )
+                print(
+                    f"{method:6s} near-end PESQ {row['pesq']:.2f}, SI-SDR "
+                    f"{row['si_sdr_db']:5.1f} dB in double talk; ERLE before it "
+                    f"{row['single_talk_erle_db']:5.1f} dB, RTF {rtf:.4f}"
+                )
+            print(
+                "       ERLE/window: "
+                + " ".join("  -- " if np.isnan(v) else f"{v:5.1f}" for v in wins)
+            )
+            res[method] = row
+        if scene.near_window_s is not None:
+            a, b = (int(t * FS_HZ) for t in scene.near_window_s)
+            near = scene.near[0, a:b]
+            alone = near + (scene.mic[0, a:b] - scene.echo[0, a:b] - near)  # near + noise
+            ref_rows = {"near end alone": alone, "mic (no AEC)": scene.mic[0, a:b]}
+            for label, y in ref_rows.items():
+                p, s = pesq_wb(y, near), si_sdr_db(y, near)
+                res[label] = {"pesq": p, "si_sdr_db": s}
+                print(f"{label:14s} near-end PESQ {p:.2f}, SI-SDR {s:5.1f} dB")
+        if name == "speech":
+            plain = run_chain(scene, with_echo=False)
+            chain = run_chain(scene, with_echo=True)
+            wins = erle_windows(plain, chain)
+            steady, t_conv = convergence(wins, on)
+            res["mica chain (4 mics, AEC + DAS + RES)"] = {
+                "steady_erle_db": steady,
+                "converged_s": t_conv,
+                "erle_windows_db": wins,
+            }
+            print(
+                f"chain  4 mics AEC + DAS + RES vs plain DAS beam: steady ERLE {steady:5.1f} "
+                f"dB, within 3 dB after {t_conv:4.2f} s"
+            )
+            print(
+                "       ERLE/window: "
+                + " ".join("  -- " if np.isnan(v) else f"{v:5.1f}" for v in wins)
+            )
+        results["scenes"][name] = res
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
