@@ -174,19 +174,22 @@ def align_recordings(
 
 def align_device_files(
     paths: list[Path],
-    geometry: Any,
-    geometry_path: Path,
-    fs_hz: int,
+    geometry: Any | None = None,
+    geometry_path: Path | None = None,
+    fs_hz: int | None = None,
     steer_azimuth_deg: float = 0.0,
     steer_elevation_deg: float = 0.0,
     settings: DriftSettings | None = None,
+    on_second: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[np.ndarray, int, AlignedRecording]:
     """Read one file per device, bring each to ``fs_hz`` and align them onto the first.
 
     ``geometry``: the :class:`~mica.array_dsp.geometry.ArrayGeometry` whose rows are the
-    files' channels in order. The talker's delays for the look direction are kept between
-    devices, as the daemon does. Returns ``(samples (n_mics, n) at fs_hz, the files' rate,
-    the alignment with its per-second estimates)``.
+    files' channels in order (read from ``geometry_path``); with it the talker's delays for
+    the look direction are kept between devices and the offset is measured on the talker,
+    as the daemon does; without it the offset includes whichever source dominates.
+    ``fs_hz``: rate to align at (``None``: the files' own). Returns ``(samples (n_mics, n)
+    at fs_hz, the files' rate, the alignment with its per-second estimates)``.
 
     Raises :class:`AudioFileError` naming the file: missing or unreadable, a rate unlike
     the first file's, or channels that do not add up to the geometry's microphones.
@@ -195,12 +198,13 @@ def align_device_files(
 
     signals, fs_in_hz = read_device_files(paths)
     counts = [s.shape[0] for s in signals]
-    if sum(counts) != geometry.n_channels:
+    if geometry is not None and sum(counts) != geometry.n_channels:
         parts = " + ".join(f"{p} ({c} ch)" for p, c in zip(paths, counts, strict=True))
         raise AudioFileError(
             f"{parts} = {sum(counts)} channel(s), but geometry "
             f"{geometry_path} has {geometry.n_channels} microphone(s)"
         )
+    fs_hz = fs_in_hz if fs_hz is None else fs_hz
     signals = [np.ascontiguousarray(resample_to(s, fs_in_hz, fs_hz), np.float32) for s in signals]
     names = device_names(paths)
     rows, start = [], 0
@@ -212,9 +216,10 @@ def align_device_files(
         names,
         fs_hz,
         settings,
-        geometry.positions_m,
+        None if geometry is None else geometry.positions_m,
         steer_azimuth_deg,
         steer_elevation_deg,
         rows,
+        on_second=on_second,
     )
     return aligned.samples, fs_in_hz, aligned
