@@ -92,6 +92,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_ERROR if service.fault else 0
 
 
+def _channel_list(text: str) -> list[int]:
+    """``"6,7"`` -> ``[6, 7]`` (argparse type)."""
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected channel numbers like 6,7, got {text!r}"
+                                         ) from err
+
+
 def _cmd_enhance(args: argparse.Namespace) -> int:
     from mica.device.enhance_file import enhance_file
 
@@ -116,7 +125,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
                            steer_elevation_deg=args.steer_elevation,
                            beamformer=args.beamformer, steer=steer, zones=zones,
                            report_path=args.report,
-                           denoiser=args.denoiser)
+                           denoiser=args.denoiser,
+                           reference_channels=args.reference_channels)
     print(f"wrote {args.output}: {summary}")
     return 0
 
@@ -181,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--report", type=Path, default=None, metavar="REPORT.json",
                      help="write a JSON report: per second DOA, speech presence, channels "
                      "used (and each device's clock drift when several files are given)")
+    enh.add_argument("--reference-channels", type=_channel_list, default=None,
+                     metavar="6,7", help="input channels carrying the playback loopback: "
+                     "cancel the loudspeaker's echo (per mic, before the beamformer); the "
+                     "other channels are the microphones")
     enh.set_defaults(func=_cmd_enhance)
 
     config = sub.add_parser("config", help="configuration tools")

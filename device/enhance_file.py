@@ -21,6 +21,7 @@ import numpy as np
 import scipy.signal
 import soundfile as sf
 
+from mica.array_dsp.echo import EchoControl
 from mica.array_dsp.enhancer import BEAMFORMERS, Enhancer
 from mica.array_dsp.errors import AudioFileError, ConfigError
 from mica.array_dsp.geometry import load_geometry_json
@@ -68,12 +69,14 @@ def enhance_signal(
     signal: np.ndarray,
     enhancer: Enhancer,
     on_block: Callable[[int, Enhancer], None] | None = None,
+    reference: np.ndarray | None = None,
 ) -> np.ndarray:
     """Stream ``(n_ch, n)`` float32 through ``enhancer``; return ``(n,)`` float32 aligned.
 
     The input is zero-padded by the latency (and to whole blocks); the first
     ``latency_samples`` output samples are dropped, so ``out[n]`` matches ``signal[:, n]``.
     ``on_block(b, enhancer)`` is called after block ``b`` (e.g. to read its DOA).
+    ``reference``: ``(n_ref, n)`` float32 playback loopback for the enhancer's echo stage.
     """
     n_ch, n = signal.shape
     hop = enhancer.hop_samples
@@ -81,9 +84,14 @@ def enhance_signal(
     n_blocks = -(-(n + latency) // hop)
     padded = np.zeros((n_ch, n_blocks * hop), np.float32)
     padded[:, :n] = signal
+    ref = None
+    if reference is not None:
+        ref = np.zeros((reference.shape[0], n_blocks * hop), np.float32)
+        ref[:, :n] = reference
     out = np.empty(n_blocks * hop, np.float32)
     for b in range(n_blocks):
-        out[b * hop:(b + 1) * hop] = enhancer.process(padded[:, b * hop:(b + 1) * hop])
+        sl = slice(b * hop, (b + 1) * hop)
+        out[sl] = enhancer.process(padded[:, sl], reference=None if ref is None else ref[:, sl])
         if on_block is not None:
             on_block(b, enhancer)
     return out[latency:latency + n]
@@ -158,6 +166,21 @@ class BlockReport:
         return out
 
 
+def split_reference_channels(signal: np.ndarray, reference_channels: list[int] | None,
+                             path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(microphones, reference or None)`` of a ``(n_ch, n)`` file; raises
+    :class:`AudioFileError` naming the file for a channel it does not have."""
+    if not reference_channels:
+        return signal, None
+    bad = [c for c in reference_channels if not 0 <= c < signal.shape[0]]
+    if bad or len(set(reference_channels)) != len(reference_channels):
+        raise AudioFileError(f"{path}: reference channels {list(reference_channels)} must be "
+                             f"distinct channels of its {signal.shape[0]}")
+    mics = [c for c in range(signal.shape[0]) if c not in reference_channels]
+    return (np.ascontiguousarray(signal[mics]),
+            np.ascontiguousarray(signal[list(reference_channels)]))
+
+
 def enhance_file(
     in_path: str | Path | list[str | Path],
     out_path: str | Path,
@@ -170,6 +193,7 @@ def enhance_file(
     steer: str | float | None = None,
     zones: Mapping[str, tuple[float, float]] | None = None,
     report_path: str | Path | None = None,
+    reference_channels: list[int] | None = None,
 ) -> dict[str, Any]:
     """Enhance ``in_path`` (multichannel WAV) into ``out_path`` (16 kHz mono PCM_16 WAV).
 
@@ -192,6 +216,9 @@ def enhance_file(
             (a name in ``zones``); overrides ``steer_azimuth_deg`` when given.
         zones: named look directions, ``{name: (azimuth_deg, elevation_deg)}``.
         report_path: where to write the JSON report (``None``: no report).
+        reference_channels: channels of the (single) input that carry the playback
+            loopback: they feed the echo canceller (per microphone, before the beamformer,
+            with residual-echo suppression) and the other channels are the microphones.
 
     Returns a summary: ``duration_s``, ``in_fs_hz``, ``out_fs_hz``, ``n_channels``,
     ``latency_samples``, ``latency_s``, ``steer_azimuth_deg`` (the final look direction),
@@ -219,6 +246,10 @@ def enhance_file(
     if steer_azimuth_deg is None and not auto:
         log.info("no steering azimuth given: using 0 deg")
     drift = None
+    reference = None
+    if len(in_paths) > 1 and reference_channels:
+        raise AudioFileError("reference channels: give them with one input file, not "
+                             f"{len(in_paths)}")
     if len(in_paths) > 1:  # one file per device, each with its own clock
         from mica.device.multi_file import align_device_files
 
@@ -227,13 +258,18 @@ def enhance_file(
         n_in = round(signal.shape[1] * fs_in_hz / OUTPUT_FS_HZ)
     else:
         signal, fs_in_hz = read_wav(in_path)
+        signal, reference = split_reference_channels(signal, reference_channels, in_path)
         if signal.shape[0] != geometry.n_channels:
+            besides = (f" besides its {reference.shape[0]} reference channel(s)"
+                       if reference is not None else "")
             raise AudioFileError(
-                f"{in_path} has {signal.shape[0]} channel(s) but geometry {geometry_path} "
-                f"has {geometry.n_channels} microphone(s)"
+                f"{in_path} has {signal.shape[0]} channel(s){besides} but geometry "
+                f"{geometry_path} has {geometry.n_channels} microphone(s)"
             )
         n_in = signal.shape[1]
         signal = resample_to(signal, fs_in_hz, OUTPUT_FS_HZ)
+        if reference is not None:
+            reference = resample_to(reference, fs_in_hz, OUTPUT_FS_HZ)
         if fs_in_hz != OUTPUT_FS_HZ:
             log.info("resampled %s from %d Hz to %d Hz", in_path, fs_in_hz, OUTPUT_FS_HZ)
     enhancer = Enhancer(
@@ -246,11 +282,13 @@ def enhance_file(
         auto_steer=auto,
         track_doa=True,
         postfilter=make_postfilter(denoiser, hop_samples + 1),
+        echo=None if reference is None else EchoControl(
+            geometry.n_channels, reference.shape[0], hop_samples, OUTPUT_FS_HZ),
     )
     enhancer.warmup()
     report = BlockReport(OUTPUT_FS_HZ, enhancer.hop_samples, enhancer.latency_samples)
     t0 = time.perf_counter()
-    out = enhance_signal(signal, enhancer, report)
+    out = enhance_signal(signal, enhancer, report, reference)
     elapsed_s = time.perf_counter() - t0
     np.clip(out, -1.0, 1.0, out=out)
     try:
@@ -276,6 +314,7 @@ def enhance_file(
         "doa_azimuth_deg": (None if math.isnan(enhancer.doa_azimuth_deg)
                             else round(enhancer.doa_azimuth_deg, 2)),
         "dead_channels": list(enhancer.dead_channels),
+        "echo": None if enhancer.echo is None else enhancer.echo.status(),
     }
     if report_path is not None:
         report_path = Path(report_path)
