@@ -17,7 +17,11 @@ from typing import Protocol
 import numpy as np
 
 from mica.array_dsp.channels import ChannelMonitor, ChannelParams
-from mica.array_dsp.covariance import covariance_update_kernel, speech_loaded_kernel
+from mica.array_dsp.covariance import (
+    covariance_update_kernel,
+    residual_covariance_kernel,
+    speech_loaded_kernel,
+)
 from mica.array_dsp.das import das_kernel, das_reference
 from mica.array_dsp.doa import DoaParams, DoaTracker, peak_azimuth_deg, srp_phat_kernel
 from mica.array_dsp.echo import EchoControl
@@ -54,6 +58,9 @@ class BeamformerParams:
         loading: MVDR diagonal loading relative to ``tr(Phi_n) / M``.
         superdirective_loading: loading of the diffuse coherence matrix.
         wng_floor_db: white-noise-gain floor (dB); loading grows tenfold until it holds.
+            -10 dB cost 1.9 dB of the 4-mic rooms' mean gain (the residual covariance
+            already keeps the beam from amplifying what it does not model); -30 dB only
+            guards against a blow-up.
         max_loading_steps: at most this many tenfold loading increases.
         rtf: estimate the target RTF from the covariances (else geometry only).
         rtf_iterations: power iterations per frame (warm-started).
@@ -70,6 +77,17 @@ class BeamformerParams:
             noise-only scenes keep their nulls). 0 turns it off.
         speech_loading_margin: only the speech power above ``(1 + margin) tr(Phi_n)``
             counts (SPP-selected noise frames alone exceed ``Phi_n``).
+        residual_beta: MVDR solves against ``Phi_n + beta`` (speech covariance the RTF does
+            not explain), :func:`~mica.array_dsp.covariance.residual_covariance_kernel`
+            (measured on the 16 simulated 4-mic rooms, with ``beam_spp``: 2.3 -> 3.7 dB
+            mean SI-SDR gain; then 3.0 -> 4.1 dB with RTFs from 5 speech frames
+            (was 20) and a 10 dB (was 0) whitened-SNR threshold); 0 turns it off.
+        beam_spp: with MVDR, the covariances learn from the SPP of a beam (MVDR against
+            ``Phi_n``, steered by geometry, previous frame) instead of the channels' mean
+            periodogram: a point interferer is nulled before speech presence is judged
+            (Souden, Benesty & Affes 2010, "Gaussian model-based multichannel speech
+            presence probability": the a-posteriori SNR at the MVDR output).
+            Measured: 1.8 -> 2.3 dB on the same rooms.
         spp, vad, doa, channels: the stages' own parameters.
     """
 
@@ -77,15 +95,17 @@ class BeamformerParams:
     speech_alpha: float = 0.98
     loading: float = 1e-3
     superdirective_loading: float = 1e-2
-    wng_floor_db: float = -10.0
+    wng_floor_db: float = -30.0
     max_loading_steps: int = 6
     rtf: bool = True
     rtf_iterations: int = 1
-    rtf_min_speech_frames: float = 20.0
+    rtf_min_speech_frames: float = 5.0
     rtf_min_match: float = 0.5
-    rtf_min_snr_db: float = 0.0
-    speech_loading: float = 0.1
+    rtf_min_snr_db: float = 10.0
+    speech_loading: float = 0.0
     speech_loading_margin: float = 3.0
+    residual_beta: float = 1.0
+    beam_spp: bool = True
     spp: SppParams = field(default_factory=SppParams)
     vad: VadParams = field(default_factory=VadParams)
     doa: DoaParams = field(default_factory=DoaParams)
@@ -198,6 +218,12 @@ class Enhancer:
         self._channels = ChannelMonitor(n_ch, self.params.channels)
         self._spp = SpeechPresence(n_ch, n_bins, self.params.spp)
         self._spp_out = self._spp.out
+        self._spp_beam = SpeechPresence(1, n_bins, self.params.spp)  # SPP of the beam below
+        self._spp_beam_spec = np.zeros((1, n_bins), np.complex64)
+        self._spp_beam_w = np.zeros((n_bins, n_ch), np.complex64)
+        self._one_idx = np.zeros(1, np.int64)
+        self._work_v = np.zeros((n_ch, n_ch), np.complex128)
+        self._work_d = np.zeros(n_ch, np.float64)
         self._vad = VoiceActivity(self._freqs_hz, self.params.vad)
         self._work_a = np.zeros((n_ch, n_ch), np.complex128)
         self._work_l = np.zeros((n_ch, n_ch), np.complex128)
@@ -448,6 +474,8 @@ class Enhancer:
             spp = self._spp_out
         self._vad.update(spp)
         p = self.params
+        if speech_mask is None and p.beam_spp and self._beamformer == "mvdr":
+            spp = self._beam_spp(spec, idx, n_active)
         if self._beamformer == "mvdr" or self._track_doa:
             covariance_update_kernel(spec, spp, p.noise_alpha, p.speech_alpha, self._phi_n,
                                      self._phi_x, self._mass_n, self._mass_x)
@@ -472,7 +500,13 @@ class Enhancer:
                                self._work_x, self._rtf, self._rtf_used)
                     steer = self._rtf
                 phi_r = self._phi_n
-                if p.speech_loading > 0.0:
+                if p.residual_beta > 0.0:
+                    residual_covariance_kernel(self._phi_n, self._phi_x, self._mass_x, idx,
+                                               n_active, self._ref_pos(), p.residual_beta,
+                                               p.rtf_min_speech_frames, self._work_a,
+                                               self._work_v, self._work_d, self._phi_r)
+                    phi_r = self._phi_r
+                elif p.speech_loading > 0.0:
                     speech_loaded_kernel(self._phi_n, self._phi_x, p.speech_loading,
                                          p.speech_loading_margin, self._phi_r)
                     phi_r = self._phi_r
@@ -489,6 +523,16 @@ class Enhancer:
             np.multiply(out, gains, out=self._res_out)
             out = self._res_out
         return self._istft.process(out)
+
+    def _beam_spp(self, spec: np.ndarray, idx: np.ndarray, n_active: int) -> np.ndarray:
+        """SPP of this frame at the output of an MVDR against the noise covariance so far,
+        steered by geometry (delay-and-sum until noise is seen); ``(n_bins,)`` float32."""
+        p = self.params
+        mvdr_weights_kernel(self._phi_n, self._weights, idx, n_active, p.loading, 0.0, 0,
+                            self._work_a, self._work_l, self._work_b, self._work_x,
+                            self._spp_beam_w)
+        beamform_kernel(spec, self._spp_beam_w, self._spp_beam_spec[0])
+        return self._spp_beam.process(self._spp_beam_spec, self._one_idx, 1 if n_active else 0)
 
     def _update_doa(self, idx: np.ndarray, n_active: int) -> None:
         if n_active < 2 or not self._vad.active:
@@ -516,6 +560,7 @@ class Enhancer:
             self.postfilter.reset()
         self._channels.reset()
         self._spp.reset()
+        self._spp_beam.reset()
         self._vad.reset()
         self._tracker.reset()
         for buf in (self._phi_n, self._phi_x, self._mass_n, self._mass_x, self._rtf_state,
@@ -551,6 +596,8 @@ def compile_kernels(n_channels: int) -> None:
     covariance_update_kernel(spec, np.zeros(n_bins, np.float32), 0.9, 0.9, cov, cov.copy(),
                              mass, mass.copy())
     speech_loaded_kernel(cov, cov, 0.1, 1.0, cov.copy())
+    residual_covariance_kernel(cov, cov, mass, idx, m, 0, 1.0, 1.0, work[0], work[1],
+                               np.zeros(m), cov.copy())
     mvdr_weights_kernel(cov, vec, idx, m, 1e-3, 0.1, 2, *work, vec.copy())
     rtf_kernel(cov, cov, vec, mass, idx, m, 0, 1e-3, 1.0, 0.5, 1.0, 1, vec.copy(), *work,
                vec.copy(), np.zeros(n_bins, np.uint8))
