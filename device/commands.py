@@ -163,6 +163,8 @@ def parse_command(name: str, payload: bytes | bytearray | str,
         raise CommandError("bad_payload", f"payload must be a JSON object, got "
                            f"{type(data).__name__}")
     request_id = data.pop("id", None)
+    if isinstance(request_id, float) and request_id.is_integer() and abs(request_id) < 2 ** 63:
+        request_id = int(request_id)  # JSON has one number type: 7.0 is the integer 7
     if request_id is not None and not (
             (isinstance(request_id, str) and len(request_id) <= MAX_ID_CHARS)
             or (isinstance(request_id, int) and not isinstance(request_id, bool)
