@@ -270,9 +270,19 @@ def soak_xruns(audio_s: float = 1800.0, speed: float = 5.0, xrun_every_s: float 
 
 
 def xruns_ok(r: dict[str, float]) -> bool:
-    """Every stall overran, every overrun was counted and flagged, RSS stayed flat."""
-    return (r["stalls"] > 0 and r["skips_seen"] == r["stalls"] == r["xruns_counted"]
-            == r["xruns_telemetry"] == r["gap_blocks"] and r["skips_without_gap_flag"] == 0
+    """Every stall overran and every overrun the signal shows was counted (a loaded machine
+    may add overruns of its own: counted too), every stall's block carries a gap flag, RSS
+    stayed flat.
+
+    Gap flags of the extra overruns are not required: faster than real time the gap is
+    estimated on the nominal rate (the source cannot know the device runs at 5x), so an
+    overrun just past the buffer can come out as 0 frames; the gap size is checked in real
+    time by tests/device/test_sources_alsa.py.
+    """
+    extra = r["skips_seen"] - r["stalls"]
+    return (r["stalls"] > 0 and extra >= 0
+            and r["skips_seen"] == r["xruns_counted"] == r["xruns_telemetry"]
+            and r["gap_blocks"] >= r["stalls"] and r["skips_without_gap_flag"] <= extra
             and r["device_errors"] == 0 and r["rss_growth_bytes"] < XRUN_GOAL_BYTES)
 
 
@@ -299,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['dropped_at_capture']} dropped at the ring")
             print(f"stalls injected {r['stalls']}, skips seen in the signal "
                   f"{r['skips_seen']}, overruns counted {r['xruns_counted']} (telemetry "
-                  f"{r['xruns_telemetry']}), blocks with a gap flag {r['gap_blocks']}")
+                  f"{r['xruns_telemetry']}), blocks with a gap flag {r['gap_blocks']} "
+                  f"(skips without one: {r['skips_without_gap_flag']})")
             print(f"RSS growth after {args.warmup_s:.0f} s of audio: "
                   f"{r['rss_growth_bytes'] / 1024:.0f} KiB (goal < "
                   f"{XRUN_GOAL_BYTES // 1024} KiB), {'ok' if ok else 'FAILED'}")

@@ -222,11 +222,13 @@ class CaptureSelfCheck:
                                             daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 0.2) -> None:
+        """Ask the order thread to end; waits at most ``timeout_s`` (a check in progress
+        finishes on its own: the thread is a daemon and holds nothing to flush)."""
         self._stop.set()
         self._ready.set()
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(timeout_s)
 
     def _candidate_rows(self) -> list[int]:
         return [r for r in range(self.n_channels) if r not in self.exclude_rows]
