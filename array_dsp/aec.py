@@ -77,6 +77,8 @@ class AecParams:
             block counts as double talk ...
         double_talk_coherence: ... if the error's coherence with the reference is below
             this (near-end speech is incoherent with the playback).
+        double_talk_step: the Kalman gain is scaled by this while the previous block was
+            double talk (1: the Kalman filter's own robustness only).
         double_talk_hold_blocks: hangover of the double-talk state (blocks).
         power_smoothing: smoothing of the monitors' block powers (per block).
         erle_smoothing: smoothing of the ERLE powers (per far-end-only block).
@@ -99,6 +101,7 @@ class AecParams:
     double_talk_db: float = -10.0
     double_talk_coherence: float = 0.2
     double_talk_hold_blocks: int = 10
+    double_talk_step: float = 1.0
     power_smoothing: float = 0.7
     erle_smoothing: float = 0.98
     path_change_db: float = -8.0
@@ -235,6 +238,7 @@ def kalman_gain_kernel(
     overlap: float,
     misalign: float,
     psi_floor: float,
+    step: float,
     grad: np.ndarray,
 ) -> None:
     """Error PSD, Kalman gain, unconstrained update and the ``P`` measurement update.
@@ -256,7 +260,7 @@ def kalman_gain_kernel(
                     x = x_hist[r, p, k]
                     pxx += p_cov[m, r, p, k] * (x.real * x.real + x.imag * x.imag)
             psi_ss = max(psi[m, k] - misalign * pxx, psi_floor * psi[m, k])
-            inv = 1.0 / (pxx + psi_ss + 1e-20)
+            inv = step / (pxx + psi_ss + 1e-20)
             for r in range(n_ref):
                 for p in range(n_part):
                     x = x_hist[r, p, k]
@@ -604,6 +608,7 @@ class EchoCanceller:
             0.5,
             p.misalignment,
             p.psi_floor,
+            p.double_talk_step if self._mon[1] else 1.0,
             self._grad,
         )
         coherence_kernel(
@@ -713,6 +718,7 @@ def aec_reference(
     pc_ratio = 10.0 ** (p.path_change_db / 10.0)
     cp = min(p.constraint_partitions, n_part)
     cp_next = 0
+    dt_prev = False
     pc_min_erle = 10.0 ** (p.path_change_min_erle_db / 10.0)
     s_xx = np.zeros((n_ref, n_part, k_bins))
     s_ee = np.zeros((n_mic, k_bins))
@@ -737,7 +743,7 @@ def aec_reference(
         x2 = np.abs(x_hist) ** 2
         pxx = np.einsum("mrpk,rpk->mk", pc, x2)
         psi_ss = np.maximum(psi - p.misalignment * pxx, p.psi_floor * psi)
-        den = pxx + psi_ss + 1e-20
+        den = (pxx + psi_ss + 1e-20) / (p.double_talk_step if dt_prev else 1.0)
         gain = pc / den[:, None, None, :]
         grad = gain * np.conj(x_hist)[None] * e_spec[:, None, None, :]
         pc = pc * (1.0 - 0.5 * gain * x2[None])
@@ -780,6 +786,7 @@ def aec_reference(
         change = bool(np.any(div >= p.path_change_blocks))
         hold = p.double_talk_hold_blocks + 1 if dt_now else max(hold - 1, 0)
         dt = hold > 0
+        dt_prev = dt
         if far and not dt:
             pw[:, 3] = ae * pw[:, 3] + (1 - ae) * pw[:, 0]
             pw[:, 4] = ae * pw[:, 4] + (1 - ae) * pw[:, 1]

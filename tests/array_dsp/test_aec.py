@@ -176,3 +176,15 @@ def test_clean_input_without_playback_is_untouched(corpus_dir) -> None:
     res = run(EchoCanceller(2, 1, HOP, FS), clean, np.zeros_like(scene.ref))
     assert np.array_equal(res["out"], clean)
     assert np.isnan(res["erle_db"][-1]) and not res["double_talk"].any()
+
+
+def test_double_talk_step_matches_reference() -> None:
+    """The optional step reduction in double talk (off by default) in kernel and reference."""
+    mic, ref = synthetic(2, 1, 80, HOP)
+    noise = np.random.default_rng(1).standard_normal((2, mic.shape[1] - 4000))
+    mic[:, 4000:] += (0.3 * noise).astype(np.float32)  # a loud near end from block 25 on
+    params = AecParams(double_talk_step=0.2)
+    got = run(EchoCanceller(2, 1, HOP, FS, params), mic, ref)
+    want = aec_reference(mic, ref, HOP, FS, params)
+    assert got["double_talk"].sum() > 10
+    assert np.allclose(got["out"], want["out"], atol=1e-5, rtol=0)
