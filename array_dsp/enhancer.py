@@ -23,7 +23,13 @@ from mica.array_dsp.covariance import (
     speech_loaded_kernel,
 )
 from mica.array_dsp.das import das_kernel, das_reference
-from mica.array_dsp.doa import DoaParams, DoaTracker, peak_azimuth_deg, srp_phat_kernel
+from mica.array_dsp.doa import (
+    DoaParams,
+    DoaTracker,
+    peak_azimuth_deg,
+    srp_phat_gev_kernel,
+    srp_phat_kernel,
+)
 from mica.array_dsp.echo import EchoControl
 from mica.array_dsp.geometry import ArrayGeometry
 from mica.array_dsp.mvdr import (
@@ -252,6 +258,7 @@ class Enhancer:
         self._doa_table = np.zeros((n_bins, n_ch, n_grid) if self._track_doa
                                    else (0, n_ch, n_grid), np.complex64)
         self._srp = np.zeros(n_grid, np.float64)
+        self._doa_v = np.zeros((n_bins, n_ch), np.complex64)  # warm start of the DOA GEV
         self._tracker = DoaTracker(dp)
         self._table_elevation_deg = math.nan
         self._frame = 0
@@ -537,8 +544,16 @@ class Enhancer:
     def _update_doa(self, idx: np.ndarray, n_active: int) -> None:
         if n_active < 2 or not self._vad.active:
             return
-        srp_phat_kernel(self._phi_x, self._phi_n, self._doa_table, self._k_lo, self._k_hi,
-                        idx, n_active, self._srp)
+        dp = self.params.doa
+        if dp.whiten:
+            srp_phat_gev_kernel(self._phi_x, self._phi_n, self._doa_table, self._k_lo,
+                                self._k_hi, idx, n_active, self.params.loading,
+                                dp.gev_iterations, dp.gev_weight_power, self._doa_v,
+                                self._work_a, self._work_l, self._work_b, self._work_x,
+                                self._srp)
+        else:
+            srp_phat_kernel(self._phi_x, self._phi_n, self._doa_table, self._k_lo,
+                            self._k_hi, idx, n_active, self._srp)
         if not self._srp.max() > 0.0:
             return
         self.doa_raw_azimuth_deg = peak_azimuth_deg(self._srp, self._grid_deg)
@@ -564,7 +579,7 @@ class Enhancer:
         self._vad.reset()
         self._tracker.reset()
         for buf in (self._phi_n, self._phi_x, self._mass_n, self._mass_x, self._rtf_state,
-                    self._rtf_used, self._srp):
+                    self._rtf_used, self._srp, self._doa_v):
             buf.fill(0)
         self._frame = 0
         self.doa_raw_azimuth_deg = math.nan
@@ -603,6 +618,8 @@ def compile_kernels(n_channels: int) -> None:
                vec.copy(), np.zeros(n_bins, np.uint8))
     srp_phat_kernel(cov, cov, np.zeros((n_bins, m, n_grid), np.complex64), 0, n_bins, idx, m,
                     np.zeros(n_grid))
+    srp_phat_gev_kernel(cov, cov, np.zeros((n_bins, m, n_grid), np.complex64), 0, n_bins, idx,
+                        m, 1e-3, 1, 4.0, vec.copy(), *work, np.zeros(n_grid))
     diffuse_coherence_kernel(np.zeros((m, 3)), np.zeros(n_bins), 343.0, cov)
 
 
