@@ -49,6 +49,11 @@ def _problem(path: str, name: str) -> Entity:
                   component="binary_sensor", device_class="problem", state_class=None)
 
 
+def _flag(path: str, name: str, icon: str) -> Entity:
+    return Entity(_slug(path), name, "{{ 'ON' if value_json." + path + " else 'OFF' }}", path,
+                  component="binary_sensor", state_class=None, icon=icon, entity_category=None)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^0-9a-z_]+", "_", text.lower()).strip("_")
 
@@ -75,6 +80,14 @@ _STATIC = (
            unit="%",
            icon="mdi:cpu-64-bit"),
     _sensor("quality_level", "Quality level", state_class=None, icon="mdi:tune"),
+    _sensor("doa_azimuth_deg", "Talker direction", unit="°", icon="mdi:compass-outline",
+            entity_category=None),
+    _flag("speech_active", "Speech", icon="mdi:account-voice"),
+    _sensor("echo.erle_db", "Echo cancelled (ERLE)", unit="dB", icon="mdi:speaker-off"),
+    _flag("echo.playback_active", "Playback", icon="mdi:speaker-wireless"),
+    _flag("echo.double_talk", "Double talk", icon="mdi:account-voice"),
+    _sensor("onboard.doa_deg", "On-board direction", unit="°", icon="mdi:compass"),
+    _flag("onboard.voice_activity", "On-board voice activity", icon="mdi:microphone"),
     Entity("muted", "Muted", "{{ 'ON' if value_json.muted else 'OFF' }}", "muted",
            component="binary_sensor", state_class=None, icon="mdi:microphone-off",
            entity_category=None),

@@ -200,6 +200,18 @@ def test_discovery_follows_the_board(tmp_path: Path) -> None:
     assert "homeassistant/sensor/mica_pi_1/thermal_celsius_cpu_thermal/config" in topics
     assert "homeassistant/binary_sensor/mica_pi_1/throttled_under_voltage/config" in topics
     assert "homeassistant/binary_sensor/mica_pi_1/channel_1_dead/config" in topics
+    speaker = {"seq": 1, "doa_azimuth_deg": None, "speech_active": True,
+               "echo": {"enabled": True, "erle_db": 31.5, "playback_active": True,
+                        "double_talk": False, "delay_ms": 12.0},
+               "onboard": {"doa_deg": 270, "voice_activity": True}}
+    configs = {t: json.loads(c) for t, c in discovery_messages(cfg, speaker)}
+    for topic in ("sensor/mica_pi_1/echo_erle_db", "binary_sensor/mica_pi_1/echo_playback_active",
+                  "sensor/mica_pi_1/doa_azimuth_deg", "sensor/mica_pi_1/onboard_doa_deg",
+                  "binary_sensor/mica_pi_1/onboard_voice_activity"):
+        assert f"homeassistant/{topic}/config" in configs, topic
+    erle = configs["homeassistant/sensor/mica_pi_1/echo_erle_db/config"]
+    assert erle["unit_of_measurement"] == "dB" and "echo.erle_db" in erle["value_template"]
+    assert not any("echo" in t for t, _ in discovery_messages(cfg, pi))
     bare = {t for t, _ in discovery_messages(cfg, {"seq": 1, "uptime_seconds": 1.0})}
     assert bare == {"homeassistant/sensor/mica_pi_1/uptime_seconds/config"}
 
