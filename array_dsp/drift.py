@@ -347,6 +347,15 @@ class DriftSettings:
     """Consecutive such measurements that restart acquisition."""
     event_jump_ppm: float = 5.0
     """A change of the locked estimate by more than this raises a ``drift`` event."""
+    step_ppm: float = 10.0
+    """A clock-rate step: ``step_count`` single-segment drift measurements in a row all
+    further than this from the estimate, on one side, and within this of each other,
+    restart the drift fit from them
+    (a ``jump`` event) instead of waiting for the forgetting (a 40 ppm step would take
+    minutes under the Huber weighting)."""
+    step_count: int = 4
+    """Consecutive measurements that make a rate step (a 0 dB scene's single-segment
+    spread is about 1 ppm, so 4 beyond 10 ppm on one side do not happen by chance)."""
     talker_mask_sharpness: float = 8.0
     """Exponent of the look-direction mask of the offset measurement (with a second
     reference channel, :attr:`DriftCompensator.aux_delay_samples`); 0 turns it off."""
@@ -470,6 +479,9 @@ class DriftCompensator:
         self._acc_n = dict.fromkeys(self._lags, 0.0)
         self._product = np.zeros(len(self._omega), np.complex128)
         self._seg_estimates: deque[float] = deque(maxlen=30)
+        self._step_run: deque[float] = deque(maxlen=8)
+        self._step_prior: tuple[float, float] | None = None
+        self._pending: list[DriftEvent] = []
         self._fine_lags = np.linspace(-1.0, 1.0, 41)
         self._fine_out = np.zeros(self._fine_lags.size, np.float64)
         self._points = _Points()
@@ -492,6 +504,7 @@ class DriftCompensator:
         self._spec_x: np.ndarray | None = None
         self._points.clear()
         self._history.clear()
+        self._step_run.clear()
         self._breaks.clear()
         self._bad = 0
         self.state = ACQUIRING
@@ -676,9 +689,10 @@ class DriftCompensator:
     def _update(self) -> list[DriftEvent]:
         spec_a, spec_b = self._spectra()
         self._drift_update(spec_a, spec_b)
+        events, self._pending = self._pending, []
         if self.state == ACQUIRING:
-            return self._acquire()
-        return self._track(spec_a, spec_b)
+            return events + self._acquire()
+        return events + self._track(spec_a, spec_b)
 
     # ---------------------------------------------------------- drift (coherence drift)
 
@@ -725,6 +739,11 @@ class DriftCompensator:
                 weight = min(1.0, limit / dev_ppm) if dev_ppm > 0 else 1.0
                 if lag == self._lags[0]:
                     self._seg_estimates.append(d / dist * 1e6)
+                    self._step_run.append(d / dist * 1e6 - self.drift_ppm)
+                    if (len(self._step_run) >= s.step_count
+                            and self._is_rate_step(list(self._step_run)[-s.step_count:])):
+                        self._restart_drift(list(self._seg_estimates)[-s.step_count:])
+                        return
             self._acc[lag] *= forget
             self._acc[lag] += weight * self._product
             self._acc_n[lag] = self._acc_n[lag] * forget + weight
@@ -733,6 +752,42 @@ class DriftCompensator:
             return
         self.measurements += 1
         self._estimate_drift()
+
+    def _is_rate_step(self, deviations: list[float]) -> bool:
+        """All ``deviations`` (ppm) beyond ``step_ppm``, on one side, and agreeing with
+        each other within ``step_ppm`` (a new rate, not a stretch of wild measurements:
+        a sustained vowel can give several in a row)."""
+        limit = self.settings.step_ppm
+        one_side = all(d > limit for d in deviations) or all(d < -limit for d in deviations)
+        return one_side and max(deviations) - min(deviations) < limit
+
+    def _restart_drift(self, recent_ppm: list[float]) -> None:
+        """The clock rate stepped: drop the accumulated coherence drift, the segment
+        history (pairs across the step mix both rates) and the offset points (their
+        line had the old slope); carry on from the recent segments' median and
+        re-acquire the offset."""
+        previous = self.drift_ppm
+        for lag in self._lags:
+            self._acc[lag].fill(0)
+            self._acc_n[lag] = 0.0
+        self._history.clear()
+        self._seg_estimates.clear()
+        self._seg_estimates.extend(recent_ppm)
+        self._step_run.clear()
+        self._points.clear()
+        self.drift_ppm = float(np.median(recent_ppm))
+        self.stderr_ppm = float("inf")
+        spread = 1.4826 * float(np.median(np.abs(np.array(recent_ppm) - self.drift_ppm)))
+        # a prior for the young fit (a few bad segments must not swing it)
+        self._step_prior = (self.drift_ppm, spread / math.sqrt(len(recent_ppm)) + 1.0)
+        # measurements keep counting: the new fit is searched (and Huber-weighted) around
+        # the recent median, not over the whole +-max_drift_ppm again; the position is
+        # re-acquired (GCC-PHAT) as after a reset, not slewed from a stale line
+        self.state = ACQUIRING
+        self._bad = 0
+        self._reported_ppm = self.drift_ppm
+        self._pending.append(DriftEvent("jump", self.drift_ppm, previous,
+                                        self.offset_samples, self.t_s))
 
     def _estimate_drift(self) -> None:
         """Combine the lags' accumulated products (finer lags refine coarser ones)."""
@@ -766,7 +821,12 @@ class DriftCompensator:
         stderr = sigma / math.sqrt(max(pairs, 1e-9))
         prior_w = 1.0 / max(s.prior_sigma_ppm, 1e-3) ** 2
         data_w = 1.0 / stderr ** 2
-        ppm = (data_w * est * 1e6 + prior_w * s.prior_ppm) / (data_w + prior_w)
+        ppm = data_w * est * 1e6 + prior_w * s.prior_ppm
+        if self._step_prior is not None:  # after a rate step: the segments that showed it
+            step_w = 1.0 / self._step_prior[1] ** 2
+            ppm += step_w * self._step_prior[0]
+            prior_w += step_w
+        ppm /= data_w + prior_w
         self.drift_ppm = float(ppm)
         self.stderr_ppm = float(1.0 / math.sqrt(data_w + prior_w))
 
@@ -877,6 +937,7 @@ class DriftCompensator:
         self.state = ACQUIRING
         self._points.clear()
         self._history.clear()  # pairs across a device reset say nothing about the clocks
+        self._step_run.clear()
         self._bad = 0
         return [DriftEvent("relock", self.drift_ppm, self.drift_ppm, self.offset_samples,
                            self.t_s)]

@@ -227,8 +227,10 @@ def test_estimator_converges_on_simulated_two_device_speech(corpus_dir: Path,
     a, b = _two_devices(_speech(corpus_dir, 13), ppm, 10.0, 37)
     comp = DriftCompensator(1, FS)
     comp.expected_delay_samples = 2.0  # the talker's physical delay between the devices
-    est, aligned = run_compensator(a, b, comp)
+    events: list = []
+    est, aligned = run_compensator(a, b, comp, events=events)
     assert abs(est[11] - ppm) < 1.0, est
+    assert "jump" not in [e.kind for e in events]
     assert comp.state == LOCKED
     lag, _ = gcc_phat(a[-4 * FS:-FS], aligned[-4 * FS:-FS], 50)
     assert abs(lag - 2.0) < 0.3  # the physical delay is kept
@@ -260,6 +262,36 @@ def test_estimator_relocks_after_a_device_reset(corpus_dir: Path) -> None:
     # aligned again (no expected delay given: the talker's 2 samples count as offset)
     lag, _ = gcc_phat(a[-4 * FS:-FS], aligned[-4 * FS:-FS], 50)
     assert abs(lag) < 0.3, lag
+
+
+def test_a_clock_rate_step_raises_a_jump_event_and_is_followed(corpus_dir: Path) -> None:
+    """The device's clock steps from +40 to +80 ppm at 10 s (a re-clocked device): four
+    segments in a row beyond 10 ppm make a ``jump`` event within 7 s, from about 40 to
+    about 80 ppm; the estimate ends within 2 ppm of 80 and locked again (the Huber-weighted
+    fit alone stays near 40 for minutes). No false step at a steady rate (the other
+    tests: no ``jump`` there)."""
+    speech = _speech(corpus_dir, 26)
+    rng = np.random.default_rng(3)
+    scale = np.sqrt(np.mean(speech ** 2) / 10 ** 1.5)
+    a = speech + scale * rng.standard_normal(speech.size)
+    b = np.r_[np.zeros(2), speech][: speech.size] + scale * rng.standard_normal(speech.size)
+
+    def fast(x: np.ndarray, ppm: int) -> np.ndarray:
+        fr = Fraction(1_000_000 + ppm, 1_000_000)
+        return scipy.signal.resample_poly(np.r_[x, np.zeros(100)], fr.numerator,
+                                          fr.denominator)
+    cut = 10 * FS
+    b = np.r_[fast(b[:cut], 40)[: round(cut * 1.00004)], fast(b[cut:], 80)]
+    comp = DriftCompensator(1, FS)
+    events: list = []
+    est, _ = run_compensator(a[: 25 * FS].astype(np.float32), b.astype(np.float32), comp,
+                             events=events)
+    kinds = [(e.kind, round(e.t_s), round(e.drift_ppm, 1)) for e in events]
+    jumps = [e for e in events if e.kind == "jump"]
+    assert len(jumps) == 1 and 10 < jumps[0].t_s <= 17, kinds
+    assert abs(jumps[0].previous_ppm - 40) < 2 and abs(jumps[0].drift_ppm - 80) < 3, kinds
+    assert abs(est[-1] - 80) < 2.0, est
+    assert comp.state == LOCKED and comp.relocks == 0, kinds
 
 
 def test_coherence_kernels_equal_references() -> None:
