@@ -234,7 +234,6 @@ def soak_xruns(audio_s: float = 1800.0, speed: float = 5.0, xrun_every_s: float 
             while counts["blocks"] < blocks and svc.fault is None:
                 time.sleep(sample_s)
                 samples.append((counts["blocks"], _rss_bytes()))
-            telemetry = svc.telemetry(0)
         finally:
             svc.request_stop()
             svc.stop(timeout_s=2.0)
@@ -242,6 +241,7 @@ def soak_xruns(audio_s: float = 1800.0, speed: float = 5.0, xrun_every_s: float 
                 os.environ.pop("ALSA_CONFIG_PATH", None)
             else:
                 os.environ["ALSA_CONFIG_PATH"] = old_conf
+        telemetry = svc.telemetry(0)  # after the stop: the same moment as the other counts
         elapsed = time.monotonic() - t0
     if svc.fault is not None:
         raise RuntimeError(f"the DSP thread failed: {svc.fault!r}")
