@@ -252,13 +252,14 @@ def print_table(title: str, res: dict[str, dict[str, dict[str, float]]],
     snrs = [f"{s:g}" for s in SNRS_DB]
     has_dnsmos = "dnsmos" in next(iter(res.values()))[snrs[0]]
     cols = ["PESQ", "STOI", "SI-SDR"] + (["DNSMOS"] if has_dnsmos else [])
-    head = f"{'method':<22}" + "".join(f"{c + '@' + s:>11}" for c in cols for s in snrs)
+    w = max(22, 2 + max(len(name) for name in res))
+    head = f"{'method':<{w}}" + "".join(f"{c + '@' + s:>11}" for c in cols for s in snrs)
     head += f"{'RTF':>8}" + (f"{'cleanPESQ':>10}{'cleanSDR':>9}" if clean else "")
     print(f"\n## {title}\n")
     print(head)
     key = {"PESQ": "pesq", "STOI": "stoi", "SI-SDR": "si_sdr", "DNSMOS": "dnsmos"}
     for name, r in res.items():
-        line = f"{name:<22}"
+        line = f"{name:<{w}}"
         for c in cols:
             for s in snrs:
                 line += f"{r[s][key[c]]:>11.3f}" if c == "STOI" else f"{r[s][key[c]]:>11.2f}"
