@@ -254,7 +254,8 @@ def enhance_file(
         from mica.device.multi_file import align_device_files
 
         signal, fs_in_hz, drift = align_device_files(
-            in_paths, geometry, geometry_path, OUTPUT_FS_HZ, azimuth_deg, steer_elevation_deg)
+            in_paths, geometry, geometry_path, OUTPUT_FS_HZ, azimuth_deg, steer_elevation_deg,
+            look_mask=not auto)
         n_in = round(signal.shape[1] * fs_in_hz / OUTPUT_FS_HZ)
     else:
         signal, fs_in_hz = read_wav(in_path)

@@ -255,8 +255,11 @@ class DeviceAligner:
         azimuth_deg: float,
         elevation_deg: float = 0.0,
         sound_speed_m_s: float = SOUND_SPEED_M_S,
+        mask: bool = True,
     ) -> None:
-        """The talker's delays for a look direction (:func:`look_delays`)."""
+        """The talker's delays for a look direction (:func:`look_delays`); ``mask``: also
+        measure the offset on the bins from that direction only (off when the look
+        direction is not the talker's, e.g. while the beam follows a tracked DOA)."""
         delays, aux = look_delays(
             geometry_m,
             self.rows,
@@ -268,7 +271,12 @@ class DeviceAligner:
             sound_speed_m_s,
             self.analysis_row,
         )
-        self.set_expected_delays(delays, aux)
+        if not mask:
+            self._aux = None
+            for comp in self.comps:
+                if comp is not None:
+                    comp.aux_delay_samples = None
+        self.set_expected_delays(delays, aux if mask else None)
 
     def status(self, i: int) -> dict[str, Any]:
         """Device ``i``: drift (ppm), offset, lock state (the reference says so)."""
@@ -637,10 +645,15 @@ def open_multi_capture(
         nominal_drift_ppm=nominal_drift_ppm,
     )
     if geometry_m is not None:
+        steer = getattr(cfg.dsp, "steer", "fixed")
+        azimuth_deg, elevation_deg = cfg.dsp.steer_azimuth_deg, cfg.dsp.steer_elevation_deg
+        if steer.startswith("zone:"):
+            azimuth_deg, elevation_deg = cfg.dsp.zones[steer[5:]]
         multi.aligner.set_look_direction(
             geometry_m,
-            cfg.dsp.steer_azimuth_deg,
-            cfg.dsp.steer_elevation_deg,
+            float(azimuth_deg),
+            float(elevation_deg),
             cfg.dsp.sound_speed_m_s,
+            mask=steer != "auto",
         )
     return multi

@@ -85,6 +85,7 @@ def align_recordings(
     compensate: bool = True,
     period_frames: int = PERIOD_FRAMES,
     on_second: Callable[[dict[str, Any]], None] | None = None,
+    look_mask: bool = True,
 ) -> AlignedRecording:
     """Resample ``signals[1:]`` onto ``signals[0]``'s clock, streaming like the daemon.
 
@@ -101,6 +102,8 @@ def align_recordings(
         compensate: resample (True) or only estimate (False: the output is the raw input).
         period_frames: block length.
         on_second: called with each ``per_second`` row as it is made.
+        look_mask: with ``geometry_m``, measure the offset on the look direction's bins
+            (off when the look direction is only a guess, e.g. ``--steer auto``).
 
     A device file that ends before the reference is continued with zeros.
     """
@@ -128,7 +131,9 @@ def align_recordings(
         names, rows, 0, fs_hz, period_frames, settings, compensate, on_event=on_event
     )
     if geometry_m is not None:
-        aligner.set_look_direction(geometry_m, steer_azimuth_deg, steer_elevation_deg)
+        aligner.set_look_direction(
+            geometry_m, steer_azimuth_deg, steer_elevation_deg, mask=look_mask
+        )
     ref = signals[0]
     n = ref.shape[1]
     n_blocks = math.ceil(n / period_frames)
@@ -181,6 +186,7 @@ def align_device_files(
     steer_elevation_deg: float = 0.0,
     settings: DriftSettings | None = None,
     on_second: Callable[[dict[str, Any]], None] | None = None,
+    look_mask: bool = True,
 ) -> tuple[np.ndarray, int, AlignedRecording]:
     """Read one file per device, bring each to ``fs_hz`` and align them onto the first.
 
@@ -221,5 +227,6 @@ def align_device_files(
         steer_elevation_deg,
         rows,
         on_second=on_second,
+        look_mask=look_mask,
     )
     return aligned.samples, fs_in_hz, aligned

@@ -96,3 +96,26 @@ def test_capture_devices_config_loads(tmp_path: Path) -> None:
     assert cfg.capture.devices[1].reference and cfg.capture.devices[0].mic_channels == [1, 3]
     assert cfg.drift.update_s == 0.5
     assert len(cfg.config_hash) == 12
+
+
+def test_aligner_look_direction_uses_the_farthest_reference_channel() -> None:
+    """``set_look_direction``: each device's talker delay behind the reference's analysis
+    channel, and the reference channel farthest from it (with the talker's delay there)
+    for the offset's look-direction mask; ``mask=False`` (auto steering) drops the mask."""
+    from mica.array_dsp.steering import far_field_delays_s
+    from mica.device.multi_capture import DeviceAligner
+
+    geometry = np.array([[0.0, 0, 0], [0.02, 0, 0], [0.0, 0.06, 0], [0.1, 0, 0], [0, 0.1, 0]])
+    aligner = DeviceAligner(["a", "b"], [[0, 1, 2], [3, 4]], 0, 16000, 160)
+    comp = aligner.start(1)
+    aligner.set_look_direction(geometry, 30.0, 10.0)
+    tau = far_field_delays_s(geometry, 30.0, 10.0, reference_channel=0) * 16000
+    assert aligner._aux == (2, pytest.approx(tau[2]))
+    assert comp.aux_delay_samples == pytest.approx(tau[2])
+    assert comp.expected_delay_samples == pytest.approx(tau[3])
+    aligner.set_look_direction(geometry, 30.0, 10.0, mask=False)
+    assert aligner._aux is None and comp.aux_delay_samples is None
+    assert comp.expected_delay_samples == pytest.approx(tau[3])
+    one = DeviceAligner(["a", "b"], [[0], [1]], 0, 16000, 160)
+    one.set_look_direction(geometry[:2], 0.0)
+    assert one._aux is None  # a one-channel reference device: no mask
