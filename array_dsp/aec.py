@@ -494,7 +494,11 @@ class EchoCanceller:
         self.max_delay_samples = max_delay_samples
         self.delay_samples = 0
         shape = (self.n_mics, self.n_refs, self.n_partitions, self.n_bins)
-        self._ring = np.zeros((self.n_refs, max_delay_samples + n), np.float32)
+        # the ring also keeps (P + 1) N older samples, so a new delay can rebuild the
+        # reference history (see :meth:`set_delay`)
+        self._ring = np.zeros(
+            (self.n_refs, max_delay_samples + (self.n_partitions + 2) * n), np.float32
+        )
         self._ring_pos = np.zeros(1, np.int64)
         self._x_cur = np.zeros((self.n_refs, n), np.float32)
         self._x_prev = np.zeros((self.n_refs, n), np.float32)
@@ -564,8 +568,19 @@ class EchoCanceller:
         """The last block declared an echo-path change (``P`` was reset)."""
         return bool(self._mon[3])
 
-    def set_delay(self, delay_samples: int) -> None:
-        """Delay the reference by ``delay_samples`` (bulk delay); restarts the filter."""
+    def set_delay(self, delay_samples: int, keep_filter: bool = True) -> None:
+        """Delay the reference by ``delay_samples`` (bulk delay).
+
+        ``keep_filter``: the learned echo path moves with the delay instead of being
+        dropped: the partitions' impulse responses (first ``N`` taps each, i.e. the
+        linear-convolution part) are joined into one ``P N``-tap response ``h``, shifted by
+        ``d = new - old`` samples (``h'[n] = h[n + d]``; taps shifted out are lost, taps
+        shifted in are 0) and cut into partitions again; the state variance ``P`` moves by
+        ``round(d / N)`` partitions (new ones start at ``initial_state_var``), and the
+        reference history is rebuilt from the delay line as if the new delay had always
+        been applied, so the next block's echo estimate is as good as the last one.
+        Otherwise the filter restarts. Allocates (a rare event, not per block).
+        """
         if not (
             isinstance(delay_samples, (int, np.integer))
             and 0 <= delay_samples <= self.max_delay_samples
@@ -573,9 +588,48 @@ class EchoCanceller:
             raise SignalShapeError(
                 f"delay_samples must be in [0, {self.max_delay_samples}], got {delay_samples!r}"
             )
-        if int(delay_samples) != self.delay_samples:
-            self.delay_samples = int(delay_samples)
+        shift = int(delay_samples) - self.delay_samples
+        if shift == 0:
+            return
+        self.delay_samples = int(delay_samples)
+        if not keep_filter:
             self._restart_filter()
+            return
+        n, n_part = self.block_samples, self.n_partitions
+        taps = np.fft.irfft(self._w, 2 * n, axis=-1)[..., :n]
+        h = taps.reshape(self.n_mics, self.n_refs, n_part * n)
+        moved = np.zeros_like(h)
+        if 0 < shift < h.shape[-1]:
+            moved[..., : h.shape[-1] - shift] = h[..., shift:]
+        elif 0 < -shift < h.shape[-1]:
+            moved[..., -shift:] = h[..., : h.shape[-1] + shift]
+        padded = np.zeros(self._w.shape[:3] + (2 * n,), np.float64)
+        padded[..., :n] = moved.reshape(self.n_mics, self.n_refs, n_part, n)
+        self._w[...] = np.fft.rfft(padded, axis=-1)
+        k = int(round(shift / n))
+        p_old = self._p.copy()
+        self._p.fill(self.params.initial_state_var)
+        if 0 <= k < n_part:
+            self._p[:, :, : n_part - k] = p_old[:, :, k:]
+        elif -n_part < k < 0:
+            self._p[:, :, -k:] = p_old[:, :, : n_part + k]
+        self._cp_next = 0
+        for buf in (self._s_ex, self._s_xx, self._s_ee, self.coherence):
+            buf.fill(0)
+        self._rebuild_history()
+
+    def _rebuild_history(self) -> None:
+        """``x_hist`` and the previous reference block from the delay line, for the
+        current :attr:`delay_samples` (the ring holds ``(P + 1) N`` samples beyond it)."""
+        n, n_part = self.block_samples, self.n_partitions
+        length = self._ring.shape[1]
+        end = int(self._ring_pos[0]) - self.delay_samples  # one past the newest sample
+        idx = (end - (n_part + 1) * n + np.arange((n_part + 1) * n)) % length
+        x = self._ring[:, idx].astype(np.float64)  # oldest first
+        for p in range(n_part):
+            b = (n_part + 1) * n - p * n
+            self._x_hist[:, p] = np.fft.rfft(x[:, b - 2 * n : b], axis=-1)
+        self._x_prev[...] = x[:, -n:]
 
     def _restart_filter(self) -> None:
         self._w.fill(0)

@@ -142,7 +142,7 @@ class EchoControl:
         self.aec.reset()
         if self.tracker is not None:
             self.tracker.reset()
-            self.aec.set_delay(0)
+            self.aec.set_delay(0, keep_filter=False)
         if self.res is not None:
             self.res.reset()
         self._since_far = 1 << 30

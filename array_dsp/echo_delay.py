@@ -2,7 +2,8 @@
 
 The loudspeaker signal reaches the mics after the playback buffering plus the acoustic
 path; the echo canceller's tail should cover only the acoustic part. Once per segment
-(``segment_s`` of signal in which the reference was active), GCC-PHAT (Knapp & Carter 1976,
+(``segment_s`` of signal in which the reference was active; the first one
+``first_segment_s``), GCC-PHAT (Knapp & Carter 1976,
 :func:`mica.array_dsp.drift.gcc_phat`, shared with the drift estimator) finds the lag of
 one mic against the mono reference within ``[0, max_delay]``. A lag is accepted when its
 peak stands ``min_peak_ratio`` above the next-best peak and, if it differs from the current
@@ -30,6 +31,9 @@ class DelayParams:
     Attributes:
         max_delay_ms: largest lag searched (ms).
         segment_s: seconds of active reference per estimate.
+        first_segment_s: seconds of active reference for the first estimate (shorter: the
+            canceller, which keeps its learned taps when the delay moves, gets its tail
+            onto the echo path sooner; later segments confirm or correct it).
         min_peak_ratio: GCC-PHAT peak over the next-best peak needed to accept a lag.
         hysteresis_ms: a new lag within this of the current one changes nothing (ms).
         confirm: segments in a row that must agree before the delay moves.
@@ -39,6 +43,7 @@ class DelayParams:
 
     max_delay_ms: float = 200.0
     segment_s: float = 1.0
+    first_segment_s: float = 0.5
     min_peak_ratio: float = 2.0
     hysteresis_ms: float = 2.0
     confirm: int = 2
@@ -49,6 +54,7 @@ class DelayParams:
         if not (
             self.max_delay_ms > 0
             and self.segment_s > 0
+            and self.first_segment_s > 0
             and self.confirm >= 1
             and self.min_peak_ratio >= 1.0
             and self.hysteresis_ms >= 0
@@ -70,12 +76,10 @@ class DelayTracker:
         self.params = p = params or DelayParams()
         self.fs_hz = float(fs_hz)
         self.max_lag = max(1, int(round(p.max_delay_ms * 1e-3 * fs_hz)))
-        self._seg = max(
-            self.block_samples,
-            int(round(p.segment_s * fs_hz)) // self.block_samples * self.block_samples,
-        )
-        self._ref = np.zeros(self._seg, np.float32)
-        self._mic = np.zeros(self._seg, np.float32)
+        self._seg = self._blocks(p.segment_s)
+        self._seg_first = self._blocks(p.first_segment_s)
+        self._ref = np.zeros(max(self._seg, self._seg_first), np.float32)
+        self._mic = np.zeros_like(self._ref)
         self._fill = 0
         self._hyst = p.hysteresis_ms * 1e-3 * fs_hz
         self._margin = int(round(p.margin_ms * 1e-3 * fs_hz))
@@ -85,6 +89,11 @@ class DelayTracker:
         self._candidate: float | None = None
         self._agree = 0
         self.estimates_total = 0
+
+    def _blocks(self, seconds: float) -> int:
+        """``seconds`` in samples, a whole number of blocks (at least one)."""
+        n = self.block_samples
+        return max(n, int(round(seconds * self.fs_hz)) // n * n)
 
     @property
     def delay_ms(self) -> float | None:
@@ -102,15 +111,16 @@ class DelayTracker:
         self._ref[self._fill : self._fill + n] = ref_block
         self._mic[self._fill : self._fill + n] = mic_block
         self._fill += n
-        if self._fill < self._seg:
+        if self._fill < (self._seg_first if self.lag_samples is None else self._seg):
             return False
-        self._fill = 0
-        return self._estimate()
+        length, self._fill = self._fill, 0
+        return self._estimate(length)
 
-    def _estimate(self) -> bool:
-        if not np.any(self._mic):
+    def _estimate(self, length: int) -> bool:
+        ref, mic = self._ref[:length], self._mic[:length]
+        if not np.any(mic):
             return False
-        lag, ratio = gcc_phat(self._ref, self._mic, self.max_lag)
+        lag, ratio = gcc_phat(ref, mic, self.max_lag)
         self.estimates_total += 1
         if ratio < self.params.min_peak_ratio or lag < -0.5:
             return False

@@ -188,3 +188,28 @@ def test_double_talk_step_matches_reference() -> None:
     want = aec_reference(mic, ref, HOP, FS, params)
     assert got["double_talk"].sum() > 10
     assert np.allclose(got["out"], want["out"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("new_delay", [300, 333, 160])
+def test_new_delay_keeps_the_learned_echo_path(new_delay: int) -> None:
+    """The echo arrives 400 samples late; the filter converges with no bulk delay (its
+    128 ms tail holds the 400-sample lead-in), then the delay moves: with the learned taps
+    shifted along (and the reference history rebuilt), the echo stays cancelled in the
+    very next blocks; restarting the filter loses it."""
+    rng = np.random.default_rng(3)
+    n_blocks, lead = 260, 400
+    ref = (0.1 * rng.standard_normal((1, n_blocks * HOP))).astype(np.float32)
+    h = rng.standard_normal(3 * HOP) * np.exp(-np.arange(3 * HOP) / 120.0) * 0.3
+    mic = np.convolve(np.concatenate([np.zeros(lead), ref[0]]), h)[: ref.shape[1]]
+    mic = (mic + 1e-4 * rng.standard_normal(mic.shape))[None].astype(np.float32)
+    residual = {}
+    for keep in (True, False):
+        aec = EchoCanceller(1, 1, HOP, FS, max_delay_samples=500)
+        first = run(aec, mic[:, : 200 * HOP], ref[:, : 200 * HOP])
+        converged = erle_db(mic[0, 190 * HOP : 200 * HOP], first["out"][0, 190 * HOP :])
+        assert converged > 30.0, converged
+        aec.set_delay(new_delay, keep_filter=keep)
+        after = run(aec, mic[:, 200 * HOP : 210 * HOP], ref[:, 200 * HOP : 210 * HOP])
+        residual[keep] = erle_db(mic[0, 200 * HOP : 210 * HOP], after["out"][0])
+    assert residual[True] > 25.0, residual
+    assert residual[False] < 10.0, residual

@@ -106,12 +106,30 @@ def test_delay_tracker_hysteresis_and_confirmation(corpus_dir) -> None:
     assert not feed(tracker, x[2 * FS : 4 * FS], np.roll(x, d0 + 16)[2 * FS : 4 * FS])
     assert tracker.delay_samples == d0
     d1 = d0 + 640
-    moved = feed(tracker, x[4 * FS : 8 * FS], np.roll(x, d1)[4 * FS : 8 * FS])
-    assert len(moved) == 1 and tracker.delay_samples == d1
-    assert moved[0] >= 200  # the second segment, not the first
+    before, at_move = tracker.estimates_total, []
+    y = np.roll(x, d1)
+    for b in range(4 * FS // HOP, 8 * FS // HOP):
+        sl = slice(b * HOP, (b + 1) * HOP)
+        if tracker.push(np.ascontiguousarray(x[sl]), np.ascontiguousarray(y[sl])):
+            at_move.append(tracker.estimates_total - before)
+    assert len(at_move) == 1 and tracker.delay_samples == d1
+    assert at_move[0] >= 2  # the second segment with the new lag, not the first
 
 
 def test_delay_tracker_ignores_silence() -> None:
     tracker = DelayTracker(HOP, FS)
     assert not feed(tracker, np.zeros(3 * FS, np.float32), np.zeros(3 * FS, np.float32))
     assert tracker.lag_samples is None and tracker.estimates_total == 0
+
+
+def test_delay_tracker_first_estimate_after_first_segment(corpus_dir) -> None:
+    """The first lag comes after ``first_segment_s`` (0.5 s) of playback, not after a whole
+    ``segment_s`` (1 s); the next estimate needs a whole segment."""
+    x = read_mono_16k(corpus_dir / "speech" / "librispeech_2412-153948-0000.wav")[: 3 * FS]
+    blocks = x[: x.shape[0] // HOP * HOP].reshape(-1, HOP).astype(np.float64)
+    active = np.nonzero(np.sqrt(np.mean(blocks**2, axis=1)) > 1e-3)[0]
+    tracker = DelayTracker(HOP, FS, DelayParams(margin_ms=0.0))
+    changes = feed(tracker, x, np.roll(x, 800))
+    assert changes == [active[49]], (changes, active[49])  # the 50th block with playback
+    assert tracker.delay_samples == 800
+    assert tracker.estimates_total == 1 + (active.size - 50) // 100
