@@ -13,7 +13,12 @@ input to resample it onto the reference clock with its
 :class:`~mica.array_dsp.drift.DriftCompensator` (offset by GCC-PHAT, drift online from the
 signal, the ALSA-reported rates as a prior). The result is one block per reference period
 with every microphone in geometry row order, carrying the reference's ``seq`` and
-``t_capture_ns``.
+``t_capture_ns``. The aligning itself (no threads, no clocks) is :class:`DeviceAligner`,
+which the offline path (:mod:`mica.device.multi_file`: ``mica enhance A.wav B.wav ...``,
+``mica drift``) runs on files, so both give the same output. With the geometry and a look
+direction (:meth:`DeviceAligner.set_look_direction`) the talker keeps its physical delays
+between devices and the offset is measured on its bins (a louder noise source elsewhere
+does not set it).
 
 Timing: the first blocks' ``t_capture_ns`` give the initial offset guess between devices;
 each device's frame count against its ``t_capture_ns`` gives its rate against
