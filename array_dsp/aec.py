@@ -18,7 +18,11 @@ partitions per reference channel. Per block ``l``, microphone ``m`` and bin ``k`
 * ``W += G(K E)`` with ``G`` the gradient constraint (irfft, zero the last ``N`` taps, rfft:
   a linear, not circular, convolution);
 * ``P <- A^2 (1 - (N / M) K X) P + (1 - A^2) |W|^2`` (random-walk echo path, ``A`` from
-  :attr:`AecParams.path_forget`).
+  :attr:`AecParams.path_forget`; while the previous block was double talk, ``A`` is
+  :attr:`AecParams.double_talk_path_forget`, by default 1: the path uncertainty ``P``
+  does not grow while the near end talks, so the gain stays as small as the converged
+  filter's, instead of growing with ``(1 - A^2) |W|^2`` per block until the near-end
+  speech drives the filter away).
 
 Monitors (two kernels): smoothed powers of mic ``y``, error ``e``, echo estimate ``y^``
 and reference ``x``; far end active when the reference is above ``far_threshold_db``; the
@@ -77,6 +81,9 @@ class AecParams:
             block counts as double talk ...
         double_talk_coherence: ... if the error's coherence with the reference is below
             this (near-end speech is incoherent with the playback).
+        double_talk_path_forget: ``A`` of the time update while the previous block was
+            double talk (1: no process noise then; ``path_forget``: the same as in single
+            talk).
         double_talk_step: the Kalman gain is scaled by this while the previous block was
             double talk (1: the Kalman filter's own robustness only).
         double_talk_hold_blocks: hangover of the double-talk state (blocks).
@@ -102,10 +109,11 @@ class AecParams:
     double_talk_coherence: float = 0.2
     double_talk_hold_blocks: int = 10
     double_talk_step: float = 1.0
+    double_talk_path_forget: float = 1.0
     power_smoothing: float = 0.7
     erle_smoothing: float = 0.98
     path_change_db: float = -8.0
-    path_change_coherence: float = 0.3
+    path_change_coherence: float = 0.5
     path_change_min_erle_db: float = 10.0
     path_change_blocks: int = 10
 
@@ -113,6 +121,7 @@ class AecParams:
         checks = (
             ("tail_ms", 1.0 <= self.tail_ms <= 2000.0),
             ("path_forget", 0.0 < self.path_forget <= 1.0),
+            ("double_talk_path_forget", 0.0 < self.double_talk_path_forget <= 1.0),
             ("psi_smoothing", 0.0 <= self.psi_smoothing < 1.0),
             ("initial_state_var", self.initial_state_var > 0.0),
             ("power_smoothing", 0.0 <= self.power_smoothing < 1.0),
@@ -678,7 +687,8 @@ class EchoCanceller:
             _irfft(self._grad, 2 * n, self._grad_time)
             constrain_kernel(self._grad_time_2d)
             _rfft(self._grad_time, self._grad)
-        state_update_kernel(self._w, self._grad, self._p, p.path_forget**2)
+        forget = p.double_talk_path_forget if self._mon[1] else p.path_forget
+        state_update_kernel(self._w, self._grad, self._p, forget**2)
         if self._cp:
             self._project_filter()
         monitor_kernel(
@@ -806,7 +816,7 @@ def aec_reference(
             gt[..., n:] = 0.0
             grad = np.fft.rfft(gt)
         w = w + grad
-        a2 = p.path_forget**2
+        a2 = (p.double_talk_path_forget if dt_prev else p.path_forget) ** 2
         pc = a2 * pc + (1 - a2) * np.abs(w) ** 2
         if cp:
             lo, hi = cp_next, min(cp_next + cp, n_part)
