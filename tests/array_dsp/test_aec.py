@@ -154,15 +154,19 @@ def test_tracks_an_echo_path_change(corpus_dir) -> None:
 def test_double_talk_keeps_the_near_end(corpus_dir) -> None:
     """Near-end speech at 0 dB against the echo from 3 s to 6 s, after 3 s of
     convergence: the near-end comes out at its level (within 1 dB) and its SI-SDR in the
-    output is at least 15 dB (it is -0.5 dB in the mic), and double talk is reported for
-    most of the near-end window."""
+    output is at least 17 dB (it is -0.5 dB in the mic; measured 19.6 dB, 15.3 dB when the
+    path uncertainty still grew in double talk), the echo stays cancelled by >= 17 dB
+    through the double talk (measured 19.6 dB; 24 dB before it), and double talk is
+    reported for most of the near-end window."""
     scene = make_echo_scene(corpus_dir, seconds=6.0, n_mics=1, near_window_s=(3.0, 6.0))
     res = run(EchoCanceller(1, 1, HOP, FS), scene.mic, scene.ref)
     sl = slice(3 * FS, 6 * FS)
     near, out, mic = scene.near[0, sl], res["out"][0, sl], scene.mic[0, sl]
     sdr_out, sdr_mic = si_sdr_db(out, near), si_sdr_db(mic, near)
     gain_db = 10 * np.log10(np.dot(out, near) ** 2 / np.dot(near, near) ** 2)
-    assert sdr_out >= 15.0 and sdr_out > sdr_mic + 10.0, (sdr_out, sdr_mic)
+    assert sdr_out >= 17.0 and sdr_out > sdr_mic + 10.0, (sdr_out, sdr_mic)
+    erle_dt = window_erle(scene, res["out"], 3.0, 6.0)
+    assert erle_dt >= 17.0, erle_dt
     assert abs(gain_db) < 1.0, gain_db
     dt_share = res["double_talk"][300:600].mean()
     assert dt_share > 0.5, dt_share
