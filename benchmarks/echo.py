@@ -7,16 +7,16 @@ Scenes (:mod:`mica.evaluation.echo_scene`; far end peak 0.5 into ``tanh(2 x) / 2
 
 - ``speech``: LibriSpeech far end, measured 8-ch RIR (lhotse "real", first 4 channels),
   single talk;
-- ``music``: jazz far end (corpus/noise), same room, single talk;
+- ``music``: jazz far end (corpus/noise), same room (4 mics), single talk;
 - ``speech+80ms``: 80 ms playback buffering, measured living-room RIR (MIT IR survey),
-  one mic: the bulk-delay tracker has to find it (the 128 ms tail alone cannot hold both);
+  4 mics (one RIR): the bulk-delay tracker has to find it (the 128 ms tail alone cannot hold both);
 - ``double talk``: speech far end, near-end talker (CMU ARCTIC) at 0 dB against the echo in
   the second half.
 
 Methods on microphone 0: ``mica`` (:class:`~mica.array_dsp.echo.EchoControl`, 128 ms tail,
 bulk delay on), ``speex`` (libspeexdsp's MDF echo canceller through the ``speexdsp-aec``
 ctypes wheel, 10 ms frames, 128 ms tail, 16-bit I/O; needs the system ``libspeexdsp1``);
-for the 4-mic speech scene also mica's whole chain (AEC per mic -> delay-and-sum ->
+for the 4-mic scenes also mica's whole chain (AEC per mic -> delay-and-sum ->
 residual-echo gains) against the plain beam.
 
 Prints ERLE (dB, :func:`~mica.evaluation.metrics.erle_db`) per 0.5 s window, the
@@ -25,7 +25,11 @@ first reaches 20 dB and the steady state - 3 dB (from the first far-end sound), 
 ERLE estimate at
 the end, and, in double talk, near-end PESQ-wb and SI-SDR of the output over the
 double-talk window against the near end alone (the mic without echo scores the "near end
-alone" row), plus the real-time factor per microphone.
+alone" row), plus the real-time factor per microphone. For each single-talk scene also the
+caps of a perfect linear canceller (steady ERLE left by the loudspeaker nonlinearity, by the
+echo path outside the filter's tail at the delay mica applied, and by both), mica's steady
+ERLE with a linear loudspeaker, and mica's 4-mic chain (AEC per mic -> delay-and-sum ->
+residual-echo gains) against the plain beam.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import fftconvolve
 
 from mica.array_dsp.echo import EchoControl
 from mica.array_dsp.enhancer import Enhancer
@@ -56,8 +61,11 @@ def corpus_path() -> Path:
     )
 
 
-def run_mica(scene: EchoScene, n_mics: int = 1) -> tuple[np.ndarray, float, float]:
-    """``(out (n_mics, n), online ERLE estimate at the end, seconds of processing)``."""
+def run_mica(
+    scene: EchoScene, n_mics: int = 1, state: dict | None = None
+) -> tuple[np.ndarray, float, float]:
+    """``(out (n_mics, n), online ERLE estimate at the end, seconds of processing)``;
+    ``state`` (if given) receives the applied bulk delay and the tail (samples)."""
     echo = EchoControl(n_mics, 1, HOP, FS_HZ)
     echo.warmup()
     mic = scene.mic[:n_mics]
@@ -69,7 +77,36 @@ def run_mica(scene: EchoScene, n_mics: int = 1) -> tuple[np.ndarray, float, floa
         out[:, sl] = echo.process(
             np.ascontiguousarray(mic[:, sl]), np.ascontiguousarray(scene.ref[:, sl])
         )
+    if state is not None:
+        state["delay_samples"] = echo.aec.delay_samples
+        state["tail_samples"] = echo.aec.n_partitions * HOP
     return out, echo.erle_db, time.perf_counter() - t0
+
+
+def linear_caps(scene: EchoScene, delay: int, tail: int, on: float) -> dict[str, float]:
+    """Steady-state ERLE (same windows and median as :func:`convergence`) a perfect
+    linear canceller on mic 0 could reach: limited by the loudspeaker nonlinearity (the
+    echo's part no gain of the far end explains: ``echo - echo_linear``), by the echo
+    path's taps outside the filter's ``[delay, delay + tail)`` window (of the delayed path
+    from the reference), and by both (the two residuals added)."""
+    n = scene.echo.shape[1]
+    path = np.concatenate([np.zeros(scene.playback_delay_samples), scene.paths[0]])
+    through = fftconvolve(scene.ref[0], path)[:n]  # = echo_linear / the loudspeaker's gain
+    gain = float(np.dot(scene.echo_linear[0], through)) / max(
+        float(np.dot(through, through)), 1e-20
+    )
+    outside = path.copy()
+    outside[delay : delay + tail] = 0.0
+    tail_res = gain * fftconvolve(scene.ref[0], outside)[:n]
+    nonlin_res = scene.echo[0] - scene.echo_linear[0]
+    caps = {}
+    for label, res in (
+        ("nonlinearity", nonlin_res),
+        ("tail", tail_res),
+        ("both", nonlin_res + tail_res),
+    ):
+        caps[label] = convergence(erle_windows(scene.echo[0], res.astype(np.float32)), on)[0]
+    return caps
 
 
 def speex_available() -> str | None:
@@ -156,20 +193,17 @@ def main() -> None:
     corpus = corpus_path()
     seconds = 6.0 if args.quick else 12.0
     speex_why = speex_available()
-    scenes = {
-        "speech": make_echo_scene(corpus, seconds, n_mics=4),
-        "music": make_echo_scene(corpus, seconds, n_mics=1, far="music"),
-        "speech+80ms": make_echo_scene(
-            corpus,
-            seconds,
-            n_mics=1,
-            rir="mit_ir_survey_h010_livingroom_16k.wav",
-            playback_delay_ms=80.0,
-        ),
-        "double talk": make_echo_scene(
-            corpus, seconds, n_mics=1, near_window_s=(seconds / 2, seconds)
-        ),
+    specs: dict[str, dict] = {
+        "speech": {"n_mics": 4},
+        "music": {"n_mics": 4, "far": "music"},
+        "speech+80ms": {
+            "n_mics": 4,
+            "rir": "mit_ir_survey_h010_livingroom_16k.wav",
+            "playback_delay_ms": 80.0,
+        },
+        "double talk": {"n_mics": 1, "near_window_s": (seconds / 2, seconds)},
     }
+    scenes = {name: make_echo_scene(corpus, seconds, **spec) for name, spec in specs.items()}
     results: dict = {"speex": speex_why or "libspeexdsp via speexdsp-aec", "scenes": {}}
     print(
         f"echo benchmark: {seconds:.0f} s scenes, hop {HOP}, tail 128 ms, ERLE on mic 0 "
@@ -177,7 +211,8 @@ def main() -> None:
     )
     print(f"speex: {'available' if speex_why is None else 'NOT RUN: ' + speex_why}")
     for name, scene in scenes.items():
-        methods = {"mica": run_mica(scene)}
+        state: dict = {}
+        methods = {"mica": run_mica(scene, state=state)}
         if speex_why is None:
             out, sec = run_speex(scene)
             methods["speex"] = (out, float("nan"), sec)
@@ -229,7 +264,24 @@ def main() -> None:
                 p, s = pesq_wb(y, near), si_sdr_db(y, near)
                 res[label] = {"pesq": p, "si_sdr_db": s}
                 print(f"{label:14s} near-end PESQ {p:.2f}, SI-SDR {s:5.1f} dB")
-        if name == "speech":
+        if scene.near_window_s is None:
+            caps = linear_caps(scene, state["delay_samples"], state["tail_samples"], on)
+            lin = make_echo_scene(corpus, seconds, drive=0.0, **{**specs[name], "n_mics": 1})
+            out = run_mica(lin)[0]
+            lin_steady = convergence(
+                erle_windows(lin.echo[0, : out.shape[1]], out[0] - lin.near[0, : out.shape[1]]),
+                on,
+            )[0]
+            res["caps"] = {**caps, "mica_linear_loudspeaker_steady_erle_db": lin_steady}
+            db = {k: f"{v:5.1f}" if v < 99.0 else "  >99" for k, v in caps.items()}
+            print(
+                f"caps   a perfect linear canceller: {db['nonlinearity']} dB (loudspeaker "
+                f"nonlinearity), {db['tail']} dB (echo outside the "
+                f"{state['tail_samples'] / FS_HZ * 1e3:.0f} ms tail at delay "
+                f"{state['delay_samples'] / FS_HZ * 1e3:.1f} ms), {db['both']} dB (both); "
+                f"mica with a linear loudspeaker: steady ERLE {lin_steady:5.1f} dB"
+            )
+        if scene.near_window_s is None:
             plain = run_chain(scene, with_echo=False)
             chain = run_chain(scene, with_echo=True)
             wins = erle_windows(plain, chain)

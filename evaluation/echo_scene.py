@@ -50,6 +50,15 @@ class EchoScene:
     """``(n_mic, n)`` near-end component of ``mic``."""
     near_window_s: tuple[float, float] | None
     """Where the near-end talker speaks (s), ``None``: single talk only."""
+    echo_linear: np.ndarray | None = None
+    """``(n_mic, n)`` the echo had the loudspeaker been its best linear approximation
+    (the far end times the least-squares gain of the soft clipper, same paths):
+    ``echo - echo_linear`` is what no linear canceller can remove (before a path change)."""
+    paths: np.ndarray | None = None
+    """``(n_mic, L)`` echo paths from the loudspeaker to each mic at the scene's scale
+    (``echo = paths[m] * played`` before any path change; without the playback delay)."""
+    playback_delay_samples: int = 0
+    """Playback buffering between the reference and the loudspeaker (samples)."""
 
 
 def loudspeaker(x: np.ndarray, drive: float) -> np.ndarray:
@@ -113,18 +122,23 @@ def make_echo_scene(
     far_sig = concat_files(folder, FAR_SPEECH if far == "speech" else MUSIC, seconds)
     far_sig *= far_peak / max(float(np.max(np.abs(far_sig))), 1e-9)
     played = loudspeaker(far_sig, drive)
+    gain = float(np.dot(far_sig, played)) / max(float(np.dot(far_sig, far_sig)), 1e-20)
     d = int(round(playback_delay_ms * 1e-3 * FS_HZ))
     played = np.concatenate([np.zeros(d, np.float32), played])[:n]
+    linear = np.concatenate([np.zeros(d, np.float32), gain * far_sig])[:n]
     h = measured_rirs(corpus, rir)
     n_ch = h.shape[0]
     echo = np.stack([fftconvolve(played, h[m % n_ch])[:n] for m in range(n_mics)])
+    echo_linear = np.stack([fftconvolve(linear, h[m % n_ch])[:n] for m in range(n_mics)])
     if path_change_s is not None:
         k = int(path_change_s * FS_HZ)
         h2 = measured_rirs(corpus, path_change_rir)
         alt = np.stack([fftconvolve(played, h2[m % h2.shape[0]])[:n] for m in range(n_mics)])
         alt *= np.sqrt(np.mean(echo[:, :k] ** 2) / (np.mean(alt[:, :k] ** 2) + 1e-20))
         echo[:, k:] = alt[:, k:]
-    echo *= echo_peak / max(float(np.max(np.abs(echo))), 1e-9)
+    scale = echo_peak / max(float(np.max(np.abs(echo))), 1e-9)
+    echo *= scale
+    echo_linear *= scale
     near = np.zeros_like(echo)
     if near_window_s is not None:
         a, b = (int(t * FS_HZ) for t in near_window_s)
@@ -142,4 +156,7 @@ def make_echo_scene(
         echo=echo.astype(np.float32),
         near=near.astype(np.float32),
         near_window_s=near_window_s,
+        echo_linear=echo_linear.astype(np.float32),
+        paths=np.stack([h[m % n_ch] * scale for m in range(n_mics)]).astype(np.float32),
+        playback_delay_samples=d,
     )

@@ -217,3 +217,20 @@ def test_new_delay_keeps_the_learned_echo_path(new_delay: int) -> None:
         residual[keep] = erle_db(mic[0, 200 * HOP : 210 * HOP], after["out"][0])
     assert residual[True] > 25.0, residual
     assert residual[False] < 10.0, residual
+
+
+def test_echo_scene_components(corpus_dir) -> None:
+    """The scene's paths rebuild its echo from the loudspeaker signal; with a linear
+    loudspeaker the linear echo is the echo; with soft clipping it differs (the part no
+    linear canceller removes), but by much less than the echo."""
+    lin = make_echo_scene(
+        corpus_dir, 2.0, n_mics=2, drive=0.0, noise_db=-200.0, playback_delay_ms=10.0
+    )
+    assert np.allclose(lin.echo, lin.echo_linear, atol=1e-6)
+    d = lin.playback_delay_samples
+    assert d == 160
+    rebuilt = np.convolve(np.concatenate([np.zeros(d), lin.ref[0]]), lin.paths[1])
+    assert np.allclose(rebuilt[: lin.echo.shape[1]], lin.echo[1], atol=1e-5)
+    soft = make_echo_scene(corpus_dir, 2.0, n_mics=1)
+    cap = erle_db(soft.echo[0], soft.echo[0] - soft.echo_linear[0])
+    assert 15.0 < cap < 40.0, cap
