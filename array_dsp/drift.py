@@ -47,7 +47,10 @@ once per second, measures how well the resampled device lines up with the refere
 Re-lock: measurements that disagree with the line by more than ``relock_samples`` several
 times in a row (a device reset, a restart of its stream) send the compensator back to
 acquisition, keeping the drift estimate (segment pairs across the reset are dropped).
-Slow changes (temperature) are followed by the forgetting.
+Slow changes (temperature) are followed by the forgetting. A rate *step* (the device
+re-clocked: several single-segment estimates in a row far from the estimate, on one side
+and agreeing with each other) restarts the drift fit from them, with a ``jump`` event, and
+re-acquires the offset; the Huber weighting alone would hold the old rate for minutes.
 
 The acoustic delay between the reference channel and the device's channel for the talker
 is part of every measured ``delta``; :attr:`DriftCompensator.expected_delay_samples` (from
