@@ -18,12 +18,15 @@ class Block:
             not skip ``seq``; they are reported in ``gap_frames``).
         t_capture_ns: CLOCK_MONOTONIC time (ns) of the block's first sample.
         gap_frames: frames estimated lost just before this block (overrun), 0 if none.
+        muted: captured during a privacy mute: ``samples`` are zeros and the DSP leaves the
+            block out (the capture thread zeroes it, device/service.py).
     """
 
     samples: np.ndarray
     seq: int
     t_capture_ns: int
     gap_frames: int = 0
+    muted: bool = False
 
     @property
     def n_channels(self) -> int:

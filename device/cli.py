@@ -13,6 +13,7 @@ from collections.abc import Callable
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from mica.array_dsp.errors import ConfigError, MicaError
 
@@ -70,6 +71,21 @@ def _stall_hook() -> Callable[[object], None] | None:
     return hook
 
 
+def install_mute_signals(service: Any) -> dict[int, Any]:
+    """Privacy mute by signal: SIGUSR1 mutes, SIGUSR2 unmutes (each idempotent, so a
+    repeated or lost signal cannot leave the opposite state, as a toggle could). Main thread
+    only. Returns the handlers it replaced, by signal number."""
+    old = {}
+    for signum, muted in ((signal.SIGUSR1, True), (signal.SIGUSR2, False)):
+        name = signal.Signals(signum).name
+
+        def handler(_signum: int, _frame: object, muted: bool = muted, name: str = name) -> None:
+            service.set_muted(muted, f"signal {name}")
+
+        old[signum] = signal.signal(signum, handler)
+    return old
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mica.device.config import load_config
     from mica.device.service import Service
@@ -85,6 +101,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    install_mute_signals(service)
     service.start()
     log.info("running: device %s, publishing under %s/", cfg.device.id, cfg.topic_base)
     service.wait()

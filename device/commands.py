@@ -14,9 +14,11 @@ silently.
 ========== ======================================== =========================================
 name       payload                                  effect
 ========== ======================================== =========================================
-mute       ``{}``                                   stop publishing audio (privacy), reported
+mute       ``{}``                                   privacy mute: audio zeroed at capture,
+                                                    nothing processed or published; reported
                                                     in info/telemetry ``muted``
-unmute     ``{}``                                   publish audio again (if enabled)
+unmute     ``{}``                                   end the mute, publish audio again (if
+                                                    enabled)
 steer      ``{"azimuth_deg": a, "elevation_deg": e}`` point the beam (elevation optional, 0)
 zone       ``{"zone": "driver"}``                   select a named listening zone
 quality    ``{"level": "das"}`` or ``{"level": 1}``     force a quality level (name or index)

@@ -69,6 +69,8 @@ class CaptureConfig:
     """Pace the WAV at its sample rate (true) or read as fast as the DSP takes it."""
     wav_loop: bool = _opt(False, "restart the WAV at its end instead of stopping")
     """Loop the WAV forever (for demos and soak tests)."""
+    muted: bool = _opt(False, "start with the privacy mute on (unmute by command or SIGUSR2)")
+    """Start muted: audio zeroed at capture and nothing published until ``unmute``."""
     devices: list = _opt([], "several ALSA devices as one array: [[capture.devices]] tables "
                              "(empty: the one device above)", table="CaptureDeviceConfig")
     """Multi-device capture: one :class:`CaptureDeviceConfig` per device, each with its own

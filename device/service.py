@@ -10,6 +10,12 @@ The capture thread only reads and enqueues; it never waits on the DSP. The DSP t
 never waits on the network. A capture device that fails is reopened with backoff. Stop
 (SIGTERM/SIGINT or end of a file source) drains what is queued, publishes ``offline`` and
 returns within about one second.
+
+Privacy mute (``mute`` command, ``capture.muted``, SIGUSR1/SIGUSR2 in ``mica run``): the
+capture thread replaces each block's samples by zeros before it enters the ring, so no
+stage after it (self-checks, DSP, AEC, MQTT audio, spool, Wyoming, the local audio sink)
+sees the microphones. The DSP thread leaves muted blocks out (the adaptive state is kept as
+it was before the mute, not decayed on silence) and publishes nothing for them.
 """
 
 from __future__ import annotations
@@ -211,8 +217,11 @@ class Service:
         self.link = self._make_link(cfg) if cfg.mqtt.enabled else None
         self.config_path: str | None = None
         """The config file, for the ``reload`` command (set by ``mica run``)."""
-        self.muted = False
-        """Audio publishing stopped by the ``mute`` command (privacy)."""
+        self.muted = bool(getattr(cfg.capture, "muted", False))
+        """Privacy mute (``mute`` command, ``capture.muted``, SIGUSR1): audio zeroed at
+        capture, nothing processed or published; see :meth:`set_muted`."""
+        self.muted_blocks_total = 0
+        """Capture blocks zeroed by the mute (capture thread)."""
         self.audio_on = cfg.mqtt.audio_enabled
         self._steer_requests: list[tuple[float, float, Callable[..., None]]] = []
         self._steer_lock = threading.Lock()
@@ -368,6 +377,18 @@ class Service:
         if change is not None:
             self._on_quality_change(change)
 
+    def set_muted(self, muted: bool, by: str = "requested") -> None:
+        """Privacy mute on or off, at once and without a restart (safe from a signal handler
+        and paho's thread). Muted, the capture thread zeroes every block it hands on, the DSP
+        leaves them out and no audio leaves the board; ``muted`` in info and telemetry."""
+        muted = bool(muted)
+        changed = muted != self.muted
+        self.muted = muted
+        log.info("audio %s by %s%s", "muted" if muted else "unmuted", by,
+                 "" if changed else " (already)")
+        if changed and self.link is not None:
+            self.link.set_info(self.info)
+
     def request_stop(self) -> None:
         """Ask every thread to finish (safe from a signal handler)."""
         if self._stop_requested_at is None:
@@ -438,6 +459,10 @@ class Service:
                 reopened = False
                 next_t_ns = (block.t_capture_ns
                              + block.n_samples * 1_000_000_000 // self.cfg.capture.fs_hz)
+                if self.muted:  # privacy: the microphones go no further than this thread
+                    block = dataclasses.replace(block, samples=np.zeros_like(block.samples),
+                                                muted=True)
+                    self.muted_blocks_total += 1
                 self.ring.put(block)
         finally:
             self._close_source()
@@ -505,6 +530,11 @@ class Service:
                         self.watchdog.progress()
                     continue
                 for hop_block in reblocker.push(block):
+                    if block.muted:  # zeros: keep the adaptive state as it was, emit nothing
+                        if self._dsp_hook is not None:
+                            self._dsp_hook(hop_block)
+                        self.watchdog.progress()
+                        continue
                     hop_block, reference = split_reference(hop_block, n_mics)
                     if self.governor.level != applied:  # between blocks, in this thread
                         applied = self.governor.level
@@ -721,8 +751,7 @@ class Service:
         """paho's thread: apply a validated command (docs/mqtt.md, "Commands")."""
         name, args = command.name, command.args
         if name in ("mute", "unmute"):
-            self.muted = name == "mute"
-            log.info("audio %s by command", "muted" if self.muted else "unmuted")
+            self.set_muted(name == "mute", "command")
             reply({"muted": self.muted})
         elif name == "audio":
             self.audio_on = bool(args["enabled"])
