@@ -81,11 +81,16 @@ class AecParams:
             block counts as double talk ...
         double_talk_coherence: ... if the error's coherence with the reference is below
             this (near-end speech is incoherent with the playback).
-        double_talk_path_forget: ``A`` of the time update while the previous block was
-            double talk (1: no process noise then; ``path_forget``: the same as in single
-            talk).
-        double_talk_step: the Kalman gain is scaled by this while the previous block was
+        double_talk_path_forget: ``A`` of the time update while adaptation is held
+            for double talk (1: no process noise then; ``path_forget``: the same as in
+            single talk).
+        double_talk_step: the Kalman gain is scaled by this while adaptation is held for
             double talk (1: the Kalman filter's own robustness only).
+        double_talk_adapt_hold_blocks: adaptation stays held (``double_talk_step``,
+            ``double_talk_path_forget``) this many blocks after the reported double talk
+            ends (a longer hangover than the reported state's: near-end speech the
+            detector misses between its detections no longer drives the filter, and the
+            reported state stays clean).
         double_talk_hold_blocks: hangover of the double-talk state (blocks).
         power_smoothing: smoothing of the monitors' block powers (per block).
         erle_smoothing: smoothing of the ERLE powers (per far-end-only block).
@@ -110,6 +115,7 @@ class AecParams:
     double_talk_hold_blocks: int = 10
     double_talk_step: float = 1.0
     double_talk_path_forget: float = 1.0
+    double_talk_adapt_hold_blocks: int = 40
     power_smoothing: float = 0.7
     erle_smoothing: float = 0.98
     path_change_db: float = -8.0
@@ -130,6 +136,7 @@ class AecParams:
             ("constraint_partitions", self.constraint_partitions >= 0),
             ("coherence_smoothing", 0.0 <= self.coherence_smoothing < 1.0),
             ("double_talk_hold_blocks", self.double_talk_hold_blocks >= 0),
+            ("double_talk_adapt_hold_blocks", self.double_talk_adapt_hold_blocks >= 0),
         )
         for name, ok in checks:
             if not ok:
@@ -546,6 +553,7 @@ class EchoCanceller:
         self._mon = np.zeros(4 + self.n_mics, np.float64)
         self._mon[2:] = math.nan
         self.path_changes_total = 0
+        self._adapt_hold = 0  # blocks adaptation stays held for double talk
 
     @property
     def latency_samples(self) -> int:
@@ -671,7 +679,7 @@ class EchoCanceller:
             0.5,
             p.misalignment,
             p.psi_floor,
-            p.double_talk_step if self._mon[1] else 1.0,
+            p.double_talk_step if self._adapt_hold else 1.0,
             self._grad,
         )
         coherence_kernel(
@@ -687,7 +695,7 @@ class EchoCanceller:
             _irfft(self._grad, 2 * n, self._grad_time)
             constrain_kernel(self._grad_time_2d)
             _rfft(self._grad_time, self._grad)
-        forget = p.double_talk_path_forget if self._mon[1] else p.path_forget
+        forget = p.double_talk_path_forget if self._adapt_hold else p.path_forget
         state_update_kernel(self._w, self._grad, self._p, forget**2)
         if self._cp:
             self._project_filter()
@@ -702,6 +710,10 @@ class EchoCanceller:
             self._counters,
             self._mon,
         )
+        if self._mon[1]:
+            self._adapt_hold = self.params.double_talk_adapt_hold_blocks + 1
+        elif self._adapt_hold:
+            self._adapt_hold -= 1
         if self._mon[3]:  # the old filter is wrong: start afresh (fastest re-convergence)
             self.path_changes_total += 1
             self._restart_filter()
@@ -736,6 +748,7 @@ class EchoCanceller:
         self._mon[:2] = 0.0
         self._mon[2:] = math.nan
         self._mon[3] = 0.0
+        self._adapt_hold = 0
 
     def warmup(self) -> None:
         """Compile (or load) every kernel, then :meth:`reset`."""
@@ -782,7 +795,7 @@ def aec_reference(
     pc_ratio = 10.0 ** (p.path_change_db / 10.0)
     cp = min(p.constraint_partitions, n_part)
     cp_next = 0
-    dt_prev = False
+    adapt_hold = 0
     pc_min_erle = 10.0 ** (p.path_change_min_erle_db / 10.0)
     s_xx = np.zeros((n_ref, n_part, k_bins))
     s_ee = np.zeros((n_mic, k_bins))
@@ -807,7 +820,7 @@ def aec_reference(
         x2 = np.abs(x_hist) ** 2
         pxx = np.einsum("mrpk,rpk->mk", pc, x2)
         psi_ss = np.maximum(psi - p.misalignment * pxx, p.psi_floor * psi)
-        den = (pxx + psi_ss + 1e-20) / (p.double_talk_step if dt_prev else 1.0)
+        den = (pxx + psi_ss + 1e-20) / (p.double_talk_step if adapt_hold else 1.0)
         gain = pc / den[:, None, None, :]
         grad = gain * np.conj(x_hist)[None] * e_spec[:, None, None, :]
         pc = pc * (1.0 - 0.5 * gain * x2[None])
@@ -816,7 +829,7 @@ def aec_reference(
             gt[..., n:] = 0.0
             grad = np.fft.rfft(gt)
         w = w + grad
-        a2 = (p.double_talk_path_forget if dt_prev else p.path_forget) ** 2
+        a2 = (p.double_talk_path_forget if adapt_hold else p.path_forget) ** 2
         pc = a2 * pc + (1 - a2) * np.abs(w) ** 2
         if cp:
             lo, hi = cp_next, min(cp_next + cp, n_part)
@@ -850,7 +863,7 @@ def aec_reference(
         change = bool(np.any(div >= p.path_change_blocks))
         hold = p.double_talk_hold_blocks + 1 if dt_now else max(hold - 1, 0)
         dt = hold > 0
-        dt_prev = dt
+        adapt_hold = p.double_talk_adapt_hold_blocks + 1 if dt else max(adapt_hold - 1, 0)
         if far and not dt:
             pw[:, 3] = ae * pw[:, 3] + (1 - ae) * pw[:, 0]
             pw[:, 4] = ae * pw[:, 4] + (1 - ae) * pw[:, 1]
