@@ -635,6 +635,21 @@ class EchoCanceller:
             buf.fill(0)
         self._rebuild_history()
 
+    def kept_energy_share(self, delay_samples: int) -> float:
+        """Share of the learned filter's tap energy (all mics and references) that
+        :meth:`set_delay` with ``keep_filter`` would keep for ``delay_samples`` (1 when
+        the filter is empty; taps shifted out of ``[0, P N)`` are lost). Allocates."""
+        n = self.block_samples
+        taps = np.fft.irfft(self._w, 2 * n, axis=-1)[..., :n]
+        energy = np.sum(taps**2, axis=(0, 1)).reshape(-1)  # (P N,) oldest tap last
+        total = float(energy.sum())
+        if total <= 0.0:
+            return 1.0
+        shift = int(delay_samples) - self.delay_samples
+        length = energy.shape[0]
+        lo, hi = max(0, shift), min(length, length + shift)
+        return float(energy[lo:hi].sum()) / total if lo < hi else 0.0
+
     def _rebuild_history(self) -> None:
         """``x_hist`` and the previous reference block from the delay line, for the
         current :attr:`delay_samples` (the ring holds ``(P + 1) N`` samples beyond it)."""

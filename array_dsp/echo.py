@@ -11,6 +11,7 @@ beamformer, :meth:`res_gains` with the beam and the beamformed echo estimate
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from mica.array_dsp.aec import AecParams, EchoCanceller
 from mica.array_dsp.echo_delay import DelayParams, DelayTracker
 from mica.array_dsp.res import ResidualEchoSuppressor, ResParams
 from mica.array_dsp.validate import check_array, check_positive_int
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,20 @@ class EchoParams:
         res: residual-echo suppression (``None``: off).
         playback_hold_s: :attr:`EchoControl.playback_active` stays on this long after the
             reference falls silent.
+        delay_guard_erle_db: a new bulk delay is refused while the canceller cancels
+            this much (ERLE, dB) ...
+        delay_guard_kept_share: ... and moving its taps by the delay change would keep
+            less than this share of their energy: the delay that works is kept (a wrong
+            GCC-PHAT lag would otherwise throw a converged filter away; a real change of
+            the playback buffering makes the echo uncancelled first, and then passes).
     """
 
     aec: AecParams = field(default_factory=AecParams)
     delay: DelayParams | None = field(default_factory=DelayParams)
     res: ResParams | None = field(default_factory=ResParams)
     playback_hold_s: float = 0.5
+    delay_guard_erle_db: float = 10.0
+    delay_guard_kept_share: float = 0.5
 
 
 class EchoControl:
@@ -112,14 +123,34 @@ class EchoControl:
             self._ref_mono *= np.float32(1.0 / self.n_refs)
             np.copyto(self._mic0, mic[0])
             if self.tracker.push(self._ref_mono, self._mic0):
-                self.aec.set_delay(self.tracker.delay_samples)
-                self.path_changed, self.change_reason = True, "delay"
+                self._new_delay(self.tracker.delay_samples)
         out = self.aec.process(mic, ref)
         if self.aec.path_changed:
             self.path_changed, self.change_reason = True, "echo_path"
         self.path_changes_total += int(self.path_changed)
         self._since_far = 0 if self.aec.far_active else min(self._since_far + 1, 1 << 30)
         return out
+
+    def _new_delay(self, delay_samples: int) -> None:
+        """Apply the tracker's new delay, unless it contradicts a filter that works (see
+        :class:`EchoParams`); then the tracker goes back to the delay in use."""
+        p = self.params
+        erle = self.aec.erle_db
+        if (
+            not math.isnan(erle)
+            and erle >= p.delay_guard_erle_db
+            and self.aec.kept_energy_share(delay_samples) < p.delay_guard_kept_share
+        ):
+            log.info(
+                "echo: delay %d samples refused (ERLE %.1f dB with %d samples)",
+                delay_samples,
+                erle,
+                self.aec.delay_samples,
+            )
+            self.tracker.reject()
+            return
+        self.aec.set_delay(delay_samples)
+        self.path_changed, self.change_reason = True, "delay"
 
     def res_gains(self, beam: np.ndarray, echo_beam: np.ndarray) -> np.ndarray | None:
         """``(K,)`` float32 residual-echo gains for the ``(K,)`` complex64 beam and its

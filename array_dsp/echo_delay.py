@@ -89,6 +89,8 @@ class DelayTracker:
         self._candidate: float | None = None
         self._agree = 0
         self.estimates_total = 0
+        self.rejected_total = 0
+        self._previous: tuple[float | None, int] = (None, 0)
 
     def _blocks(self, seconds: float) -> int:
         """``seconds`` in samples, a whole number of blocks (at least one)."""
@@ -134,12 +136,18 @@ class DelayTracker:
         need = 1 if self.lag_samples is None else self.params.confirm
         if self._agree < need:
             return False
+        self._previous = (self.lag_samples, self.delay_samples)
         self.lag_samples = float(lag)
         self._candidate, self._agree = None, 0
         new = max(0, int(round(lag)) - self._margin)
         changed = new != self.delay_samples
         self.delay_samples = new
         return changed
+
+    def reject(self) -> None:
+        """Undo the last accepted change (the caller found it contradicts what works)."""
+        self.lag_samples, self.delay_samples = self._previous
+        self.rejected_total += 1
 
     def reset(self) -> None:
         """Forget the collected segment and the estimate."""

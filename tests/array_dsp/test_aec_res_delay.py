@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mica.array_dsp.echo import EchoControl
 from mica.array_dsp.echo_delay import DelayParams, DelayTracker
 from mica.array_dsp.errors import MicaError
 from mica.array_dsp.res import ResidualEchoSuppressor, ResParams, res_gain_reference
 from mica.evaluation.echo_scene import make_echo_scene
+from mica.evaluation.metrics import erle_db
 from mica.evaluation.scenarios import read_mono_16k
 
 FS = 16000
@@ -133,3 +135,38 @@ def test_delay_tracker_first_estimate_after_first_segment(corpus_dir) -> None:
     assert changes == [active[49]], (changes, active[49])  # the 50th block with playback
     assert tracker.delay_samples == 800
     assert tracker.estimates_total == 1 + (active.size - 50) // 100
+
+
+def test_a_delay_that_contradicts_a_working_filter_is_refused(corpus_dir) -> None:
+    """After 3 s on corpus speech through the measured 8-ch RIR (no playback delay), the
+    filter cancels > 20 dB; a new lag of 190 ms (a wrong GCC-PHAT peak) would shift all of
+    its taps out: it is refused, the tracker goes back to the delay in use, and the echo
+    stays cancelled. A fresh filter takes the same delay."""
+    scene = make_echo_scene(corpus_dir, seconds=4.0, n_mics=1)
+    ec = EchoControl(1, 1, HOP, FS)
+    n_blocks = scene.mic.shape[1] // HOP
+    out = np.zeros(n_blocks * HOP, np.float32)
+
+    def feed_blocks(lo: int, hi: int) -> None:
+        for b in range(lo, hi):
+            sl = slice(b * HOP, (b + 1) * HOP)
+            out[sl] = ec.process(
+                np.ascontiguousarray(scene.mic[:, sl]), np.ascontiguousarray(scene.ref[:, sl])
+            )[0]
+
+    feed_blocks(0, 300)
+    assert ec.erle_db > 20.0 and ec.aec.delay_samples == 0, (ec.erle_db, ec.aec.delay_samples)
+    assert ec.aec.kept_energy_share(3040) < 0.05
+    assert ec.aec.kept_energy_share(16) > 0.9
+    # what DelayTracker._estimate does when it accepts a lag
+    ec.tracker._previous = (ec.tracker.lag_samples, ec.tracker.delay_samples)
+    ec.tracker.lag_samples, ec.tracker.delay_samples = 3104.0, 3040
+    ec._new_delay(3040)
+    assert ec.aec.delay_samples == 0 and not ec.path_changed
+    assert ec.tracker.delay_samples == 0 and ec.tracker.rejected_total == 1
+    feed_blocks(300, n_blocks)
+    sl = slice(300 * HOP, n_blocks * HOP)
+    assert erle_db(scene.echo[0, sl], out[sl]) > 20.0
+    fresh = EchoControl(1, 1, HOP, FS)
+    fresh._new_delay(3040)
+    assert fresh.aec.delay_samples == 3040 and fresh.path_changed
