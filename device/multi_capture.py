@@ -23,9 +23,17 @@ does not set it).
 Timing: the first blocks' ``t_capture_ns`` give the initial offset guess between devices;
 each device's frame count against its ``t_capture_ns`` gives its rate against
 CLOCK_MONOTONIC, and the ratio of two devices' rates is the prior of their drift (the host
-clock cancels). A device whose input does not arrive within ``wait_s`` fails the read with
-:class:`DeviceError`; the service then reopens the whole set (which re-acquires the
-offsets, keeping nothing stale).
+clock cancels).
+
+Degradation: a non-reference device that fails (read error, unplugged, no input within
+``wait_s``, or not there at open) is left out and the array goes on with the others: its
+rows of each block are zeros (digital silence, which the Enhancer's dead-channel exclusion
+leaves out of the beamformer), ``device_lost`` names it, a thread of its own reopens it with
+backoff (:data:`REOPEN_BACKOFF_S`), and on its return (``device_back`` with the downtime)
+its compensator restarts acquisition from the timestamps, keeping the drift estimate, so the
+offset re-locks. The reference device carries the clock and the block timing: when it fails
+the read raises :class:`DeviceError` and the service reopens the whole set (its own
+``device_lost``/``device_back``, pausing audio), which re-acquires every offset.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ PRIOR_MIN_S = 2.0
 """Seconds of timestamps before a device's rate is used as the drift prior."""
 PRIOR_JITTER_S = 2e-3
 """Assumed timestamp jitter (s) for the prior's uncertainty: ``2 * jitter / span``."""
+REOPEN_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+"""Waits between attempts to reopen a lost non-reference device (the last one repeats)."""
 NOMINAL_PRIOR_SIGMA_PPM = 5.0
 """Uncertainty given to a calibrated nominal drift (a crystal moves a few ppm with
 temperature): combined with the ALSA-timestamp prior by inverse variance."""
@@ -98,7 +108,7 @@ class _RateMeter:
 
 
 class _Device:
-    def __init__(self, spec: DeviceSpec, source: Source, queue_blocks: int) -> None:
+    def __init__(self, spec: DeviceSpec, source: Source | None, queue_blocks: int) -> None:
         self.spec = spec
         self.source = source
         self.queue: DropOldestQueue[Block] = DropOldestQueue(queue_blocks)
@@ -107,6 +117,11 @@ class _Device:
         self.comp: DriftCompensator | None = None
         self.first: Block | None = None
         self.thread: threading.Thread | None = None
+        self.up = source is not None
+        self.lost_at: float | None = None
+        self.pending: Source | None = None  # reopened by the reopen thread, not yet in use
+        self.attempts = 0
+        self.xruns_closed = 0  # overruns of the connections closed so far
 
 
 EventCallback = Callable[[str, DriftEvent, str], None]
@@ -166,16 +181,38 @@ class DeviceAligner:
         self._expected: dict[str, float] = {}
         self._aux: tuple[int, float] | None = None
         self.comps: list[DriftCompensator | None] = [None] * len(names)
+        self._absent: set[int] = set()
         self._merged = np.zeros((self.n_channels, self.period_frames), np.float32)
         self._outs = [np.zeros((len(r), self.period_frames), np.float32) for r in self.rows]
 
     def started(self, i: int) -> bool:
         """Device ``i`` has its compensator (the reference always counts as started)."""
-        return i == self.reference or self.comps[i] is not None
+        return i == self.reference or (self.comps[i] is not None and i not in self._absent)
+
+    def drop(self, i: int) -> None:
+        """Device ``i`` is gone: :meth:`align` gives zeros for its rows until :meth:`start`
+        again (its compensator and drift estimate are kept for the return)."""
+        if i == self.reference:
+            raise ValueError("the reference device cannot be dropped")
+        self._absent.add(i)
+
+    def present(self, i: int) -> bool:
+        """Device ``i`` delivers (not :meth:`drop`-ped since its last :meth:`start`)."""
+        return i not in self._absent
 
     def start(self, i: int, initial_offset_samples: float = 0.0) -> DriftCompensator:
         """Create device ``i``'s compensator: its sample index ``initial_offset_samples``
-        lines up with the reference's first sample (a guess; acquisition refines it)."""
+        lines up with the reference's first sample (a guess; acquisition refines it). For a
+        device back after :meth:`drop`: the same compensator, reset to acquisition with the
+        new guess (lined up with the next reference block), its drift estimate kept."""
+        comp = self.comps[i]
+        was_absent = i in self._absent
+        self._absent.discard(i)
+        if comp is not None and was_absent:
+            comp.reset(initial_offset_samples)
+            log.info("drift: device %r back, re-acquiring %.1f samples after the reference",
+                     self.names[i], -initial_offset_samples)
+            return comp
         settings = DriftSettings(**vars(self._settings))
         comp = DriftCompensator(
             len(self.rows[i]),
@@ -198,7 +235,7 @@ class DeviceAligner:
     def needs_input(self, i: int) -> bool:
         """Device ``i`` needs more input (or :meth:`start`) before the next block."""
         comp = self.comps[i]
-        return comp is None or not comp.ready(self.period_frames)
+        return comp is None or i in self._absent or not comp.ready(self.period_frames)
 
     def push(self, i: int, samples: np.ndarray, gap_frames: int = 0) -> None:
         """Device ``i``'s next ``(n_ch_i, n)`` float32 samples, after ``gap_frames`` lost
@@ -220,6 +257,8 @@ class DeviceAligner:
             out = self._outs[i]
             if i == self.reference:
                 out[...] = ref_samples
+            elif i in self._absent:
+                out.fill(0.0)  # a lost device: digital silence, left out as dead channels
             else:
                 comp = self.comps[i]
                 assert comp is not None
@@ -291,6 +330,8 @@ class DeviceAligner:
         entry: dict[str, Any] = (
             {"drift_ppm": None, "lock": "waiting"} if comp is None else comp.status()
         )
+        if i in self._absent:
+            entry["lock"] = "lost"
         entry["reference"] = False
         return entry
 
@@ -375,9 +416,11 @@ class MultiCapture:
         analysis_row: which delivered channel of each device the estimator compares.
         nominal_drift_ppm: calibrated drift of devices by name (``mica calibrate``), the
             prior of their estimate (+- :data:`NOMINAL_PRIOR_SIGMA_PPM`).
+        on_device_event: called with ``("device_lost" | "device_back", payload)`` when a
+            non-reference device is lost or back (module doc, "Degradation").
 
     Raises:
-        DeviceError: a device cannot be opened (the others are closed again).
+        DeviceError: the reference device cannot be opened (the others are closed again).
     """
 
     def __init__(
@@ -394,7 +437,12 @@ class MultiCapture:
         wait_s: float = 1.0,
         analysis_row: int = 0,
         nominal_drift_ppm: dict[str, float] | None = None,
+        on_device_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        self._on_device_event = on_device_event
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._queue_blocks = queue_blocks
         self._nominal = dict(nominal_drift_ppm or {})
         self.aligner = DeviceAligner(
             [s.name for s in specs],
@@ -417,50 +465,65 @@ class MultiCapture:
         self._closed = False
         self._devices: list[_Device] = []
         warmup_kernels()  # compile before any device runs: compiling holds the GIL
+        missing: list[tuple[int, str]] = []
         try:
-            for spec in specs:
-                source = spec.open()
-                if source.n_channels != len(spec.geometry_rows):
-                    source.close()
-                    raise DeviceError(
-                        f"capture device {spec.name!r} delivers "
-                        f"{source.n_channels} channel(s) for "
-                        f"{len(spec.geometry_rows)} geometry row(s)"
-                    )
+            for i, spec in enumerate(specs):
+                try:
+                    source = _open_checked(spec)
+                except MicaError as err:
+                    if i == reference:
+                        raise
+                    missing.append((i, str(err)))  # the array starts without it
+                    source = None
                 self._devices.append(_Device(spec, source, queue_blocks))
         except BaseException:
             self.close()
             raise
         self._last_prior_s = 0.0
         for dev in self._devices:
-            dev.thread = threading.Thread(
-                target=self._capture, args=(dev,), name=f"mica-capture-{dev.spec.name}", daemon=True
-            )
-            dev.thread.start()
+            if dev.source is not None:
+                self._start_thread(dev)
+        for i, reason in missing:
+            self._lose(i, self._devices[i], reason)
+
+    def _start_thread(self, dev: _Device) -> None:
+        dev.thread = threading.Thread(
+            target=self._capture,
+            args=(dev, dev.source, dev.queue),
+            name=f"mica-capture-{dev.spec.name}",
+            daemon=True,
+        )
+        dev.thread.start()
 
     # ------------------------------------------------------------------ capture threads
 
-    def _capture(self, dev: _Device) -> None:
-        """Read one device and enqueue; never waits on anything else."""
+    def _capture(self, dev: _Device, source: Source, queue: DropOldestQueue[Block]) -> None:
+        """Read one device and enqueue; never waits on anything else. Ends with the device,
+        or when the device was given up (:meth:`_lose`: then it closes the source itself)."""
         try:
-            while not self._closed:
-                block = dev.source.read()
+            while not self._closed and dev.source is source:
+                block = source.read()
                 if block is None:
                     break
-                dev.queue.put(block)
+                queue.put(block)
         except MicaError as err:
-            if not self._closed:
+            if not self._closed and dev.source is source:
                 dev.error = str(err)
                 log.error("capture device %r failed: %s", dev.spec.name, err)
         finally:
-            dev.queue.close()
+            queue.close()
+            with self._lock:
+                retired = dev.source is not source
+            if retired:
+                _close_quietly(dev, source)
 
     # ------------------------------------------------------------------ Source
 
     @property
     def xruns_total(self) -> int:
-        """Overruns of every device."""
-        return sum(d.source.xruns_total for d in self._devices)
+        """Overruns of every device (closed connections included)."""
+        return sum(d.xruns_closed + (d.source.xruns_total if d.source is not None else 0)
+                   for d in self._devices)
 
     @property
     def dropped_total(self) -> int:
@@ -497,14 +560,22 @@ class MultiCapture:
                 f"{block.n_samples} frames, expected {self.period_frames}"
             )
         for i, dev in enumerate(self._devices):
-            if i != self._reference:
-                self._fill_device(i, dev)
+            if i == self._reference:
+                continue
+            if not dev.up and dev.pending is not None:
+                self._back(dev)
+            if dev.up:
+                try:
+                    self._fill_device(i, dev, block)
+                except DeviceError as err:
+                    self._lose(i, dev, str(err))
         merged = self.aligner.align(block.samples)
         self._maybe_update_priors()
         return Block(merged.copy(), block.seq, block.t_capture_ns, block.gap_frames)
 
-    def _fill_device(self, i: int, dev: _Device) -> None:
-        """Queue device ``i``'s input into the aligner until it can make the next block."""
+    def _fill_device(self, i: int, dev: _Device, ref_block: Block) -> None:
+        """Queue device ``i``'s input into the aligner until it can make the next block
+        (``ref_block``: the reference block it is for)."""
         deadline = time.monotonic() + self._wait_s
         while self.aligner.needs_input(i):
             left = deadline - time.monotonic()
@@ -518,14 +589,85 @@ class MultiCapture:
                     raise DeviceError(f"capture device {dev.spec.name!r} ended")
                 continue
             if not self.aligner.started(i):
-                ref_first = self._devices[self._reference].first
-                assert ref_first is not None
-                # device sample index captured at the reference's first sample
-                guess = (ref_first.t_capture_ns - other.t_capture_ns) * self.fs_hz / _NS
+                # device sample index captured at the first reference sample it aligns to
+                # (the stream's first block; after a return, this one)
+                guess = (ref_block.t_capture_ns - other.t_capture_ns) * self.fs_hz / _NS
                 dev.comp = self.aligner.start(i, guess)
                 if dev.spec.name in self._nominal:
                     dev.comp.set_prior(self._nominal[dev.spec.name], NOMINAL_PRIOR_SIGMA_PPM)
             self.aligner.push(i, other.samples, other.gap_frames)
+
+    # ------------------------------------------------------------------ degradation
+
+    def _lose(self, i: int, dev: _Device, reason: str) -> None:
+        """Leave device ``i`` out (zeros), announce it and start reopening it."""
+        with self._lock:
+            source, dev.source = dev.source, None  # retired: its capture thread stops
+        if source is not None:
+            dev.xruns_closed += source.xruns_total
+            if dev.thread is not None:
+                dev.thread.join(timeout=0.2)  # a failed read ends it at once
+            if dev.thread is None or not dev.thread.is_alive():
+                _close_quietly(dev, source)  # else the thread closes it when its read returns
+        dev.up = False
+        dev.lost_at = time.monotonic()
+        dev.attempts = 0
+        dev.rate = _RateMeter()
+        if hasattr(dev, "prior"):
+            del dev.prior
+        self.aligner.drop(i)
+        rows = list(dev.spec.geometry_rows)
+        log.error("capture device %r lost (%s): the array goes on without geometry rows %s; "
+                  "reopening with backoff", dev.spec.name, reason, rows)
+        self._device_event("device_lost", {"device": dev.spec.name, "reason": reason,
+                                           "reference": False, "geometry_rows": rows,
+                                           "t_ns": time.monotonic_ns()})
+        threading.Thread(target=self._reopen, args=(dev,), daemon=True,
+                         name=f"mica-reopen-{dev.spec.name}").start()
+
+    def _reopen(self, dev: _Device) -> None:
+        """Reopen thread: try to open ``dev`` again with backoff; leave it in ``pending``."""
+        attempt = 0
+        while not self._closed:
+            if self._closing.wait(REOPEN_BACKOFF_S[min(attempt, len(REOPEN_BACKOFF_S) - 1)]):
+                return
+            attempt += 1
+            try:
+                source = _open_checked(dev.spec)
+            except MicaError as err:
+                log.warning("reopen of %r, attempt %d failed: %s", dev.spec.name, attempt, err)
+                continue
+            with self._lock:
+                if not self._closed:
+                    dev.attempts = attempt
+                    dev.pending = source
+                    return
+            _close_quietly(dev, source)  # closed meanwhile
+            return
+
+    def _back(self, dev: _Device) -> None:
+        """Reading thread: put the reopened ``dev`` in use (the aligner re-acquires it)."""
+        with self._lock:
+            dev.source, dev.pending = dev.pending, None
+        dev.queue = DropOldestQueue(self._queue_blocks)
+        dev.error = None
+        dev.up = True
+        self._start_thread(dev)
+        downtime_s = time.monotonic() - (dev.lost_at or time.monotonic())
+        dev.lost_at = None
+        log.info("capture device %r back after %.2f s (%d attempt(s))", dev.spec.name,
+                 downtime_s, dev.attempts)
+        self._device_event("device_back", {"device": dev.spec.name, "reference": False,
+                                           "downtime_seconds": round(downtime_s, 3),
+                                           "attempts": dev.attempts,
+                                           "t_ns": time.monotonic_ns()})
+
+    def _device_event(self, kind: str, payload: dict[str, Any]) -> None:
+        if self._on_device_event is not None:
+            try:
+                self._on_device_event(kind, payload)
+            except Exception:  # a failing listener must not stop the capture
+                log.exception("device event listener failed")
 
     def _maybe_update_priors(self) -> None:
         """Once per second: the ALSA-timestamp rate ratio of each device (reported as
@@ -580,20 +722,42 @@ class MultiCapture:
             if i != self._reference:
                 prior = getattr(dev, "prior", None)
                 entry["prior_ppm"] = None if prior is None else round(prior[0], 2)
+            entry["up"] = dev.up
             status[dev.spec.name] = entry
         return status
 
     def close(self) -> None:
         """Close every device (idempotent); capture threads end with their device."""
         self._closed = True
+        self._closing.set()
         for dev in self._devices:
-            try:
-                dev.source.close()
-            except Exception:  # one broken device must not keep the others open
-                log.exception("closing capture device %r failed", dev.spec.name)
+            with self._lock:
+                sources = [s for s in (dev.source, dev.pending) if s is not None]
+                dev.pending = None
+            for source in sources:
+                _close_quietly(dev, source)
         for dev in self._devices:
             if dev.thread is not None and dev.thread is not threading.current_thread():
                 dev.thread.join(timeout=1.0)
+
+
+def _open_checked(spec: DeviceSpec) -> Source:
+    """Open ``spec``'s device; :class:`DeviceError` if its channel count is wrong."""
+    source = spec.open()
+    if source.n_channels != len(spec.geometry_rows):
+        source.close()
+        raise DeviceError(
+            f"capture device {spec.name!r} delivers {source.n_channels} channel(s) for "
+            f"{len(spec.geometry_rows)} geometry row(s)"
+        )
+    return source
+
+
+def _close_quietly(dev: _Device, source: Source) -> None:
+    try:
+        source.close()
+    except Exception:  # one broken device must not keep the others open
+        log.exception("closing capture device %r failed", dev.spec.name)
 
 
 def open_multi_capture(
@@ -601,6 +765,7 @@ def open_multi_capture(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     geometry_m: np.ndarray | None = None,
     nominal_drift_ppm: dict[str, float] | None = None,
+    on_device_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MultiCapture:
     """The :class:`MultiCapture` that ``cfg.capture.devices`` and ``cfg.drift`` describe.
 
@@ -648,6 +813,7 @@ def open_multi_capture(
         queue_blocks=cfg.service.ring_blocks,
         wait_s=d.wait_ms / 1e3,
         nominal_drift_ppm=nominal_drift_ppm,
+        on_device_event=on_device_event,
     )
     if geometry_m is not None:
         steer = getattr(cfg.dsp, "steer", "fixed")

@@ -192,7 +192,8 @@ class Service:
             (lambda: open_multi_capture(cfg, self._on_drift_event, self.geometry.positions_m,
                                         nominal_drift_by_device(
                                             self.calibration,
-                                            [d.alsa_device for d in cfg.capture.devices])))
+                                            [d.alsa_device for d in cfg.capture.devices]),
+                                        on_device_event=self._on_capture_device_event))
             if cfg.capture.devices
             else (lambda: open_source(cfg.capture, capture_channels(cfg, mics))))
         self.enhancer = Enhancer(self.geometry.positions_m, fs_hz=cfg.dsp.fs_hz,
@@ -695,6 +696,14 @@ class Service:
 
     def _on_selfcheck_event(self, kind: str, payload: dict[str, Any]) -> None:
         """``event/channel_health`` or ``event/channel_order`` (device/selfcheck.py)."""
+        if self.link is not None:
+            self.link.publish_event(kind, payload)
+
+    def _on_capture_device_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """One device of a multi-device array lost or back (the array goes on without it):
+        ``event/device_lost`` / ``event/device_back`` naming it; counted as a device error."""
+        if kind == "device_lost":
+            self.device_errors_total += 1
         if self.link is not None:
             self.link.publish_event(kind, payload)
 

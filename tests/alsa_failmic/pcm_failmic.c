@@ -10,6 +10,10 @@
  *   pcm_type.failmic { lib "/abs/libasound_module_pcm_failmic.so" }
  *   pcm.gone4 { type failmic file "/abs/in.raw" fail_file "/abs/unplug" channels 4
  *               rate 16000 format "S16_LE" }
+ *
+ * Optional `wallclock 1`: the file is "the room": each start plays it from frame
+ * (CLOCK_MONOTONIC seconds * rate) modulo its length, so several such devices, opened at
+ * any time (a device reopened after an unplug too), hear the same sound at the same time.
  */
 #include <alsa/asoundlib.h>
 #include <alsa/pcm_external.h>
@@ -31,6 +35,8 @@ typedef struct {
 	int running;
 	size_t frame_bytes;
 	struct timespec t_start;
+	long wallclock;
+	long file_frames;
 } failmic_t;
 
 static int unplugged(const failmic_t *f)
@@ -59,6 +65,11 @@ static int cb_start(snd_pcm_ioplug_t *io)
 {
 	failmic_t *f = io->private_data;
 	clock_gettime(CLOCK_MONOTONIC, &f->t_start);
+	if (f->wallclock && f->file_frames > 0) {
+		uint64_t now = (uint64_t)f->t_start.tv_sec * io->rate
+			       + (uint64_t)f->t_start.tv_nsec * io->rate / 1000000000u;
+		fseek(f->raw, (long)(now % (uint64_t)f->file_frames) * (long)f->frame_bytes, SEEK_SET);
+	}
 	arm(f, (double)io->period_size / io->rate);
 	f->running = 1;
 	return 0;
@@ -150,7 +161,7 @@ SND_PCM_PLUGIN_DEFINE_FUNC(failmic)
 {
 	snd_config_iterator_t it, next;
 	const char *file = NULL, *fail_file = NULL, *format = "S16_LE";
-	long channels = 0, rate = 0;
+	long channels = 0, rate = 0, wallclock = 0;
 	int err;
 
 	snd_config_for_each(it, next, conf) {
@@ -170,6 +181,8 @@ SND_PCM_PLUGIN_DEFINE_FUNC(failmic)
 			err = snd_config_get_integer(node, &channels);
 		else if (!strcmp(key, "rate"))
 			err = snd_config_get_integer(node, &rate);
+		else if (!strcmp(key, "wallclock"))
+			err = snd_config_get_integer(node, &wallclock);
 		else {
 			SNDERR("failmic: unknown field %s", key);
 			return -EINVAL;
@@ -208,6 +221,10 @@ SND_PCM_PLUGIN_DEFINE_FUNC(failmic)
 		return -ENOENT;
 	}
 	f->frame_bytes = (size_t)snd_pcm_format_physical_width(fmt) / 8 * (size_t)channels;
+	f->wallclock = wallclock;
+	if (fseek(f->raw, 0, SEEK_END) == 0)
+		f->file_frames = ftell(f->raw) / (long)f->frame_bytes;
+	rewind(f->raw);
 
 	f->io.version = SND_PCM_IOPLUG_VERSION;
 	f->io.name = "failmic: capture that can be unplugged";
