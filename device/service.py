@@ -257,6 +257,9 @@ class Service:
         self._lost_at: float | None = None
         self._device_name = (cfg.capture.alsa_device if cfg.capture.source == "alsa"
                              else cfg.capture.wav_path)
+        if cfg.capture.devices:  # a multi-device array stops with its reference (the clock)
+            refs = [d for d in cfg.capture.devices if d.reference] or cfg.capture.devices
+            self._device_name = refs[0].alsa_device
         self.chunks_published = 0
         self.fault: BaseException | None = None
         self._dsp_hook = dsp_hook

@@ -4,7 +4,9 @@ subscriber: two capture devices made of our failmic plugin (tests/alsa_failmic) 
 second unplugged mid-stream and plugged back. The array must go on with the reference
 device (audio keeps flowing, the lost device's rows are zeros and left out of the
 beamformer), name the device in ``device_lost``/``device_back``, reopen it with backoff, and
-re-acquire its offset on return (a drift ``acquired`` event for it, then tracking)."""
+re-acquire its offset on return (a drift ``acquired`` event for it, then tracking). Then
+the reference device (the clock) fails: the whole array pauses (``device_lost`` naming it,
+``device_up`` 0, no audio) and is reopened as a whole once it is back."""
 
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ SPEECH = "multichannel/speechbrain_4mic_speech_-0.82918_0.55279_-0.082918"
 
 @pytest.fixture(scope="module")
 def room_devices(fake_alsa: FakeAlsa, corpus_dir: Path):
-    """``(name_a, name_b, unplug_b, geometry_m)``: two 2-channel failmic PCMs playing the two
-    halves of a corpus 4-mic recording in wall-clock time; B fails while ``unplug_b`` exists."""
+    """``(name_a, name_b, unplug_a, unplug_b, geometry_m)``: two 2-channel failmic PCMs
+    playing the two halves of a corpus 4-mic recording in wall-clock time; each fails while
+    its ``unplug_*`` file exists."""
     if shutil.which("gcc") is None:
         pytest.fail("the failmic plugin needs gcc and libasound2-dev")
     lib = fake_alsa.dir / "libasound_module_pcm_failmic_room.so"
@@ -55,12 +58,13 @@ def room_devices(fake_alsa: FakeAlsa, corpus_dir: Path):
         names.append(name)
     fake_alsa._write_conf()
     geometry = json.loads((corpus_dir / f"{SPEECH}.json").read_text())["geometry_m"]
-    return names[0], names[1], fake_alsa.dir / f"{names[1]}.gone", geometry
+    return (names[0], names[1], fake_alsa.dir / f"{names[0]}.gone",
+            fake_alsa.dir / f"{names[1]}.gone", geometry)
 
 
 def test_array_degrades_to_the_devices_present_and_takes_one_back(
         room_devices, tmp_path: Path, mqtt_broker, mqtt_subscriber) -> None:
-    name_a, name_b, unplug_b, geometry = room_devices
+    name_a, name_b, unplug_a, unplug_b, geometry = room_devices
     (tmp_path / "geom.json").write_text(json.dumps({"geometry_m": geometry}))
     cfg = parse_config({
         "device": {"id": f"degrade-{uuid.uuid4().hex[:8]}"},
@@ -118,6 +122,20 @@ def test_array_degrades_to_the_devices_present_and_takes_one_back(
                                     and t["drift"][name_b]["lock"] in ("tracking", "locked")
                                     and not t["dead_channels"] for t in telemetry(n_tel)),
                      timeout_s=10)
+        # the reference device (the clock) fails: the whole array pauses and is reopened
+        n_drift = len(sub.messages(f"{base}/event/drift"))
+        n_tel = len(sub.messages(f"{base}/telemetry"))
+        unplug_a.touch()
+        ref_lost = json.loads(sub.wait_count(f"{base}/event/device_lost", 2,
+                                             timeout_s=5)[-1].payload)
+        time.sleep(1.0)
+        paused = telemetry(n_tel)
+        unplug_a.unlink()
+        ref_back = json.loads(sub.wait_count(f"{base}/event/device_back", 2,
+                                             timeout_s=10)[-1].payload)
+        n_audio = len(sub.messages(audio_topic))
+        sub.wait_count(audio_topic, n_audio + 10, timeout_s=10)
+        sub.wait_for(lambda ms: drift_events("acquired", n_drift), timeout_s=20)
     finally:
         service.request_stop()
         service.stop(timeout_s=2.0)
@@ -126,7 +144,7 @@ def test_array_degrades_to_the_devices_present_and_takes_one_back(
     assert lost["device"] == name_b and lost["reference"] is False
     assert lost["geometry_rows"] == [2, 3] and "No such device" in lost["reason"]
     assert [json.loads(m.payload)["device"] for m in
-            sub.messages(f"{base}/event/device_lost")] == [name_b]
+            sub.messages(f"{base}/event/device_lost")] == [name_b, name_a]
     assert back["device"] == name_b and back["attempts"] >= 2
     assert 1.3 < back["downtime_seconds"] < t_back - t_lost + 0.5
     # audio kept flowing from the reference device during the outage (20 ms chunks)
@@ -143,3 +161,11 @@ def test_array_degrades_to_the_devices_present_and_takes_one_back(
     assert max(lv[0] for lv in outage) > 0.01
     # after the return, B's rows carry sound again
     assert after and max(lv[2] for lv in after) > 0.01
+    # the reference lost: named, the array paused (device_up 0, no audio captured meanwhile),
+    # reopened as a whole, B re-acquired
+    assert ref_lost["device"] == name_a and name_a in ref_lost["reason"]
+    assert ref_back["device"] == name_a and ref_back["attempts"] >= 2
+    assert any(t["device_up"] == 0 for t in paused)
+    chunks = [int(m.user_properties["t_capture_ns"]) for m in sub.messages(audio_topic)]
+    assert not [t for t in chunks if ref_lost["t_ns"] < t < ref_back["t_ns"] - 5_000_000]
+    assert any(t > ref_back["t_ns"] for t in chunks)
