@@ -15,7 +15,9 @@ Privacy mute (``mute`` command, ``capture.muted``, SIGUSR1/SIGUSR2 in ``mica run
 capture thread replaces each block's samples by zeros before it enters the ring, so no
 stage after it (self-checks, DSP, AEC, MQTT audio, spool, Wyoming, the local audio sink)
 sees the microphones. The DSP thread leaves muted blocks out (the adaptive state is kept as
-it was before the mute, not decayed on silence) and publishes nothing for them.
+it was before the mute, not decayed on silence) and publishes nothing for them. Inside a
+multi-device source the drift aligner keeps comparing the devices' live signals (to stay
+locked); only drift numbers leave it.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def _wait(predicate, timeout_s: float = 5.0) -> None:
 def test_mute_zeroes_at_capture_and_unmute_resumes(corpus_dir: Path, mqtt_broker, mqtt_config,
                                                    mqtt_subscriber) -> None:
     geometry = json.loads((corpus_dir / f"{SPEECH}.json").read_text())["geometry_m"]
-    cfg = mqtt_config(audio_enabled=True, telemetry_interval_s=0.2)
+    cfg = mqtt_config(audio_enabled=True, telemetry_interval_s=0.2, hermes_enabled=True)
     cfg = replace(cfg, capture={"source": "wav", "wav_path": str(corpus_dir / f"{SPEECH}.wav"),
                                 "channels": 4, "wav_realtime": True, "wav_loop": True,
                                 "muted": True},
@@ -43,6 +43,8 @@ def test_mute_zeroes_at_capture_and_unmute_resumes(corpus_dir: Path, mqtt_broker
     base = cfg.topic_base
     audio_topic = f"{base}/audio/{cfg.mqtt.audio_stream}"
     sub = mqtt_subscriber(f"{base}/#")
+    hermes_topic = f"hermes/audioServer/{cfg.device.id}/audioFrame"
+    hermes = mqtt_subscriber(hermes_topic)  # the Rhasspy Hermes copy of the audio
     lock = threading.Lock()
     hops: list[tuple[float, float, int]] = []  # (time, max |x| entering the DSP, blocks_total)
 
@@ -71,7 +73,7 @@ def test_mute_zeroes_at_capture_and_unmute_resumes(corpus_dir: Path, mqtt_broker
         info = json.loads(sub.wait_count(f"{base}/info", 1)[0].payload)
         telemetry_says(True, 0)
         t_unmute = time.monotonic()
-        assert sub.messages(audio_topic) == []
+        assert sub.messages(audio_topic) == [] and hermes.messages() == []
         assert service.blocks_total == 0  # the Enhancer never ran on the zeros
         windows.append((t_start, t_unmute))
         n_tel = len(sub.messages())
@@ -88,10 +90,12 @@ def test_mute_zeroes_at_capture_and_unmute_resumes(corpus_dir: Path, mqtt_broker
         t_mute = time.monotonic()
         time.sleep(0.3)  # blocks captured before the signal drain
         n_audio = len(sub.messages(audio_topic))
+        n_hermes = len(hermes.messages())
         n_tel = len(sub.messages())
         blocks = service.blocks_total
         time.sleep(1.0)
         assert len(sub.messages(audio_topic)) == n_audio
+        assert len(hermes.messages()) == n_hermes > 0
         assert service.blocks_total == blocks
         telemetry_says(True, n_tel)
         muted_hops = hops_between(t_mute + 0.3, time.monotonic())
