@@ -129,6 +129,20 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
     return npz
 
 
+def card_metrics(report: dict[str, Any], row: str, command: str) -> dict[str, Any]:
+    """The model card's ``metrics`` from a ``benchmarks/denoise.py --json`` report: every
+    method's numbers, with ``row`` (this bundle's row, e.g. ``mica-model[denoiser-v2]``)
+    named so the card says which line is the model it describes."""
+    out: dict[str, Any] = {"benchmark": command, "this_model_row": row}
+    for src, dst in (("single", "single_channel"), ("clean", "clean_input"),
+                     ("array", "array_ring4"), ("model_stage", "model_stage")):
+        if src in report:
+            out[dst] = report[src]
+    if row not in out.get("single_channel", {}):
+        raise SystemExit(f"--metrics-row {row!r} is not a row of the benchmark report")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", type=Path, required=True)
@@ -136,12 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="denoiser-v1")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--gain-floor-db", type=float, default=-25.0)
-    ap.add_argument("--metrics", type=Path, help="JSON file of benchmark metrics for the card")
+    ap.add_argument("--metrics", type=Path, help="JSON report of benchmarks/denoise.py --json")
+    ap.add_argument("--metrics-row", default="mica-model",
+                    help="this bundle's row in that report (mica-model[<name>] when the "
+                         "benchmark ran it with --bundle)")
+    ap.add_argument("--metrics-command", default="python benchmarks/denoise.py --json OUT",
+                    help="the benchmark command that wrote --metrics, for the card")
     ap.add_argument("--command", help="training command for the card (default: rebuilt from "
                                       "the checkpoint's arguments)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+    metrics = None
+    if args.metrics:
+        metrics = card_metrics(json.loads(args.metrics.read_text()), args.metrics_row,
+                               args.metrics_command)
     path = export(args.ckpt, args.out, args.name, args.version, args.gain_floor_db, metrics,
                   command=args.command)
     log.info("%s written; card: %s", path, path.with_suffix(".json"))
