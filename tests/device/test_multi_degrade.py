@@ -130,6 +130,7 @@ def test_array_degrades_to_the_devices_present_and_takes_one_back(
                                              timeout_s=5)[-1].payload)
         time.sleep(1.0)
         paused = telemetry(n_tel)
+        t_plugged_ns = time.monotonic_ns()
         unplug_a.unlink()
         ref_back = json.loads(sub.wait_count(f"{base}/event/device_back", 2,
                                              timeout_s=10)[-1].payload)
@@ -167,5 +168,5 @@ def test_array_degrades_to_the_devices_present_and_takes_one_back(
     assert ref_back["device"] == name_a and ref_back["attempts"] >= 2
     assert any(t["device_up"] == 0 for t in paused)
     chunks = [int(m.user_properties["t_capture_ns"]) for m in sub.messages(audio_topic)]
-    assert not [t for t in chunks if ref_lost["t_ns"] < t < ref_back["t_ns"] - 5_000_000]
+    assert not [t for t in chunks if ref_lost["t_ns"] < t < t_plugged_ns]
     assert any(t > ref_back["t_ns"] for t in chunks)

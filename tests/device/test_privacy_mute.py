@@ -103,8 +103,8 @@ def test_mute_zeroes_at_capture_and_unmute_resumes(corpus_dir: Path, mqtt_broker
         assert info["muted"] is True
         # 3. SIGUSR2 unmutes: the stream resumes, seq continuing
         n_tel = len(sub.messages())
+        t_back = time.monotonic()  # before: the handler runs as soon as the signal is sent
         os.kill(os.getpid(), signal.SIGUSR2)
-        t_back = time.monotonic()
         windows.append((t_mute + 0.3, t_back))
         sub.wait_count(audio_topic, n_audio + 20, timeout_s=5)
         telemetry_says(False, n_tel)
