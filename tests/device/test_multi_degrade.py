@@ -170,3 +170,41 @@ def test_array_degrades_to_the_devices_present_and_takes_one_back(
     chunks = [int(m.user_properties["t_capture_ns"]) for m in sub.messages(audio_topic)]
     assert not [t for t in chunks if ref_lost["t_ns"] < t < t_plugged_ns]
     assert any(t > ref_back["t_ns"] for t in chunks)
+
+
+def test_array_starts_without_a_missing_device_and_takes_it_in(room_devices,
+                                                               tmp_path: Path) -> None:
+    """A non-reference device unplugged at open: the array opens with the reference alone
+    (``device_lost`` at once, its rows zeros), and takes the device in when it appears."""
+    from mica.device.multi_capture import open_multi_capture
+
+    name_a, name_b, _, unplug_b, _ = room_devices
+    cfg = parse_config({"capture": {"source": "alsa", "fs_hz": 16000, "period_frames": 160,
+                                    "devices": [
+                                        {"alsa_device": name_a, "channels": 2,
+                                         "geometry_rows": [0, 1], "reference": True},
+                                        {"alsa_device": name_b, "channels": 2,
+                                         "geometry_rows": [2, 3]}]},
+                        "mqtt": {"enabled": False}}, tmp_path)
+    events: list[tuple[str, dict]] = []
+    unplug_b.touch()
+    multi = open_multi_capture(cfg, on_device_event=lambda kind, p: events.append((kind, p)))
+    try:
+        assert [(k, p["device"]) for k, p in events] == [("device_lost", name_b)]
+        assert multi.drift_status()[name_b]["up"] is False
+        for _ in range(50):
+            block = multi.read()
+            assert block.samples.shape == (4, 160)
+            assert not block.samples[2:].any()
+        assert np.abs(block.samples[:2]).max() > 0
+        unplug_b.unlink()
+        deadline = time.monotonic() + 10
+        while True:
+            block = multi.read()
+            if events[-1][0] == "device_back" and np.abs(block.samples[2:]).max() > 0.01:
+                break
+            assert time.monotonic() < deadline, events
+        assert events[-1][1]["device"] == name_b and events[-1][1]["attempts"] >= 1
+        assert multi.drift_status()[name_b]["up"] is True
+    finally:
+        multi.close()
