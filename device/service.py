@@ -687,7 +687,7 @@ class Service:
             **self._drift_telemetry(),
             **self.echo_report.telemetry(),
             **self.selfcheck.telemetry(),
-            **(self.usb_poller.telemetry() if self.usb_poller is not None else {}),
+            **(self.usb_poller.telemetry(self.muted) if self.usb_poller is not None else {}),
         )
 
     # ------------------------------------------------------------------ multi-device drift

@@ -116,12 +116,16 @@ class OnboardPoller:
 
     # ------------------------------------------------------------------ telemetry
 
-    def telemetry(self) -> dict[str, Any]:
+    def telemetry(self, muted: bool = False) -> dict[str, Any]:
         """``{"onboard": {...}}`` for the telemetry message (docs/mqtt.md): the latest
-        values (left out until read), their age, connection state and error counters."""
+        values (left out until read), their age, connection state and error counters.
+
+        ``muted``: the privacy mute is on, so the board's detections (direction, voice
+        activity, speech) are left out: they tell who speaks while the user asked for none
+        of the microphones to go further; connection state and counters stay."""
         with self._lock:
-            entry: dict[str, Any] = dict(self._values)
-            if self._t_values is not None:
+            entry: dict[str, Any] = {} if muted else dict(self._values)
+            if self._t_values is not None and not muted:
                 entry["age_seconds"] = round(time.monotonic() - self._t_values, 3)
             entry["connected"] = self._connected
             entry["raw_channels"] = self._raw_applied

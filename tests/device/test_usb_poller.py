@@ -51,6 +51,9 @@ def test_poller_reads_detections_and_survives_every_fault() -> None:
         assert (ob["doa_deg"], ob["voice_activity"], ob["speech_detected"]) == (123, True, False)
         assert ob["connected"] and ob["raw_channels"] and ob["errors_total"] == 0
         assert dev.registers[AGC] == 0  # on-board processing switched off at connection
+        hidden = poller.telemetry(muted=True)["onboard"]  # privacy mute: no detections
+        assert not {"doa_deg", "voice_activity", "speech_detected", "age_seconds"} & set(hidden)
+        assert hidden["connected"] and hidden["polls_total"] >= 2
         dev.registers[DOA] = 271
         _until(lambda: _onboard(poller)["doa_deg"] == 271)
         for fault, kind in (("timeout", "timeout"), ("stall", "stall")):
