@@ -10,7 +10,8 @@ The bundle is ``<name>.npz`` (float32 arrays, names as :meth:`BandGainNet.to_arr
 training recipe) plus ``<name>.json``, the model card: ``version``, ``n_params``,
 ``macs_per_frame``, ``macs_per_s``, ``n_streams``, ``n_bands``, ``n_bins``, ``fs_hz``,
 ``hop_samples``, ``gain_floor_db``, ``training`` (data, command, steps) and ``metrics``.
-The shipped bundle is ``models/data/denoiser-v1`` (package data).
+The default bundle is ``models/data/denoiser-v1`` (package data); ``denoiser-v2`` (v1
+fine-tuned for do-no-harm) ships beside it and loads by path.
 
 :class:`GruDenoiser` runs one Numba kernel per frame into buffers allocated in its
 constructor (``nogil``; nothing is allocated per frame).
