@@ -52,8 +52,15 @@ from mica.evaluation.scenarios import (
 
 FS_HZ = 16000
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
-METHODS = ["mica-das", "mica-superdirective", "mica-mvdr", "mica-mvdr-auto", "pra-das",
-           "oracle-mvdr", "oracle-mvdr-rn"]
+METHODS = [
+    "mica-das",
+    "mica-superdirective",
+    "mica-mvdr",
+    "mica-mvdr-auto",
+    "pra-das",
+    "oracle-mvdr",
+    "oracle-mvdr-rn",
+]
 PRA_METHODS = ["pra-das", "pra-mvdr"]
 """``pra-das`` always runs, ``pra-mvdr`` only with ``--pra``. With pyroomacoustics 0.10.1
 the frequency-domain ``process(FD=True)`` fails (``transform.analysis`` is gone), so both
@@ -61,20 +68,32 @@ run pra's time-domain filters. ``pra-das``: ``rake_delay_and_sum_weights`` +
 ``filters_from_weights(non_causal=0.5)`` (the default causal-only least-squares fit drops
 the steering advance, which left the output uncorrelated with the target); measured
 +1.7 dB on the rt0.2 0 dB 4-mic room, as mica-das. ``pra-mvdr``: ``rake_mvdr_filters`` now
-runs (its ``SoundSource`` needs array ``walls``/``orders``/``generators``) but its output
-is still uncorrelated with the target (-24 dB on that room, gain ~50x): not trusted."""
+runs (its ``SoundSource`` needs array ``walls``/``orders``/``generators``); its
+``delay`` (the constrained lag of the global response) must be under the filter length
+(0.02 s = 320 taps > Lg = 256 left the constraint on a ~0 sinc tail: SI-SDR -24 dB, gain
+~50x), now Lg/2, and its output is rescaled from a unit source to mic 0's direct path. Its
+target model is the free-field direct path only (white unit source), so it cannot follow
+the reverberant target image the score uses: ahead of pra-das at RT60 0.2 s, not at 0.6 s."""
 
 
 # ------------------------------------------------------------------ methods
 
 
 def run_mica(sc: Scenario, beamformer: str, auto: bool = False) -> tuple[np.ndarray, list]:
-    enh = Enhancer(sc.geometry_m, beamformer=beamformer, track_doa=True, auto_steer=auto,
-                   steer_azimuth_deg=0.0 if auto else sc.target_azimuth_deg,
-                   steer_elevation_deg=sc.target_elevation_deg)
+    enh = Enhancer(
+        sc.geometry_m,
+        beamformer=beamformer,
+        track_doa=True,
+        auto_steer=auto,
+        steer_azimuth_deg=0.0 if auto else sc.target_azimuth_deg,
+        steer_elevation_deg=sc.target_elevation_deg,
+    )
     track: list[float] = []
-    y = enhance_signal(np.ascontiguousarray(sc.mixture, np.float32), enh,
-                       lambda b, e: track.append(e.doa_azimuth_deg))
+    y = enhance_signal(
+        np.ascontiguousarray(sc.mixture, np.float32),
+        enh,
+        lambda b, e: track.append(e.doa_azimuth_deg),
+    )
     return y, track
 
 
@@ -86,8 +105,8 @@ def align(estimate: np.ndarray, reference: np.ndarray, max_lag: int = 1500) -> n
     est[:m] = estimate[:m]
     nfft = 1 << int(np.ceil(np.log2(2 * est.shape[0])))
     xc = np.fft.irfft(np.fft.rfft(est, nfft) * np.conj(np.fft.rfft(reference, nfft)), nfft)
-    lag = int(np.argmax(xc[:max_lag + 1]))
-    return est[lag:lag + n]
+    lag = int(np.argmax(xc[: max_lag + 1]))
+    return est[lag : lag + n]
 
 
 def source_position(sc: Scenario) -> np.ndarray:
@@ -103,20 +122,39 @@ def run_pra(sc: Scenario, mvdr: bool, taps: int = 256) -> np.ndarray:
     bf = pra.Beamformer(geom.T, FS_HZ, N=512, Lg=taps)
     src = source_position(sc)
     if mvdr:
+        # pra's R_n is the M*Lg x M*Lg space-time covariance of the stacked, time-reversed
+        # filter inputs [x_0[n], x_0[n-1], .., x_0[n-Lg+1], x_1[n], ..] (the rows of its
+        # build_rir_matrix), here estimated from the true noise images
         noise = sc.noise_images.astype(np.float64)
         m = geom.shape[0]
         step = 4
         starts = np.arange(taps, noise.shape[1], step)
-        stacked = np.stack([noise[:, s - taps:s][:, ::-1].reshape(-1) for s in starts])
+        stacked = np.stack([noise[:, s - taps : s][:, ::-1].reshape(-1) for s in starts])
         rn = stacked.T @ stacked / stacked.shape[0]
-        rn += 1e-6 * np.trace(rn) / (m * taps) * np.eye(m * taps)
-        far = np.array([[50.0], [0.0], [0.0]])  # no interferer term: damping 0
+        rn += 1e-2 * np.trace(rn) / (m * taps) * np.eye(m * taps)  # as oracle-mvdr-rn
+        # build_rir_matrix uses unit_damping=True, so the damping is ignored: a dummy
+        # interferer 50 m away adds a term ~1/2500 of a 1 m source's (R_n already holds the
+        # real interferer and the diffuse noise)
+        far = np.array([[50.0], [0.0], [0.0]])
         target = pra.soundsource.SoundSource(src)
-        interferer = pra.soundsource.SoundSource(far[:, 0], images=far,
-                                                 damping=np.zeros((1, 1)),
-                                                 walls=np.array([-1]), orders=np.array([0]),
-                                                 generators=np.array([-1]))
-        bf.rake_mvdr_filters(target, interferer, rn, delay=0.02)
+        interferer = pra.soundsource.SoundSource(
+            far[:, 0],
+            images=far,
+            damping=np.ones((1, 1)),
+            walls=np.array([-1]),
+            orders=np.array([0]),
+            generators=np.array([-1]),
+        )
+        # ``delay`` is the lag kappa at which the global response H^T g to the modelled
+        # direct path (time origin: the earliest arrival minus the sinc half-width) is
+        # constrained to 1 (h = H[:, kappa], g = R^-1 h / h^T R^-1 h): it must lie inside
+        # the filter (kappa < Lg) or h is a sinc tail ~0 and the normalisation blows up
+        # (the old delay=0.02 s = 320 taps > Lg = 256 gave SI-SDR -24 dB, gain ~50x). The
+        # output lags mic 0 by ~kappa taps; align() below removes that. kappa = Lg/2: half
+        # the filter anticausal, as pra-das's non_causal=0.5
+        bf.rake_mvdr_filters(target, interferer, rn, delay=taps / 2 / FS_HZ)
+        # distortionless for a unit source through 1/(4 pi d): rescale to mic 0's direct path
+        bf.filters /= 4 * np.pi * np.linalg.norm(src - geom[0])
     else:
         bf.rake_delay_and_sum_weights(pra.soundsource.SoundSource(src))
         bf.filters_from_weights(non_causal=0.5)  # causal-only LS fit drops the advance
@@ -148,7 +186,7 @@ def run_oracle_mvdr(sc: Scenario, nfft: int = 512, noise_only: bool = False) -> 
     w = rinv_h / np.einsum("ki,ki->k", np.conj(h), rinv_h)[:, None]
     y = np.einsum("ki,ikt->kt", np.conj(w), x)
     _, out = scipy.signal.istft(y, **kw)
-    return out[:sc.reference.shape[0]]
+    return out[: sc.reference.shape[0]]
 
 
 # ------------------------------------------------------------------ scenes
@@ -164,7 +202,8 @@ def diffuse_noise(geometry_m: np.ndarray, n: int, rng: np.random.Generator) -> n
     chol = np.linalg.cholesky(gamma + 1e-6 * np.eye(m))
     n_frames = n // (nfft // 2) + 2
     white = rng.standard_normal((m, freqs.size, n_frames)) + 1j * rng.standard_normal(
-        (m, freqs.size, n_frames))
+        (m, freqs.size, n_frames)
+    )
     coloured = np.einsum("kij,jkt->ikt", chol, white)
     _, out = scipy.signal.istft(coloured, fs=FS_HZ, nperseg=nfft, noverlap=nfft // 2)
     return out[:, :n].astype(np.float32)
@@ -198,8 +237,18 @@ def simulated(quick: bool, seed: int = 0) -> list[tuple[str, Scenario]]:
                 noise = read_mono_16k(CORPUS / "noise" / f"{nstem}.wav")
                 az = float(rng.uniform(0, 360))
                 off = float(rng.uniform(60, 180)) * (1 if rng.uniform() < 0.5 else -1)
-                sc = simulate_room(speech, noise, geom, rt60, snr, az, (az + off) % 360, rng,
-                                   name=f"{label} rt{rt60:g} {snr:+g}dB", max_order=8)
+                sc = simulate_room(
+                    speech,
+                    noise,
+                    geom,
+                    rt60,
+                    snr,
+                    az,
+                    (az + off) % 360,
+                    rng,
+                    name=f"{label} rt{rt60:g} {snr:+g}dB",
+                    max_order=8,
+                )
                 out.append((label, add_diffuse(sc, 6.0, rng)))
     return out
 
@@ -218,15 +267,24 @@ def real(corpus: Path) -> list[tuple[Scenario, float | None]]:
     az = math.degrees(math.atan2(0.55279, -0.82918))
     el = math.degrees(math.asin(-0.082918))
     out = []
-    for nstem, label in (("speechbrain_4mic_noise_0.70225_-0.70225_0.11704", "directional"),
-                         ("speechbrain_4mic_noise_diffuse", "diffuse")):
+    for nstem, label in (
+        ("speechbrain_4mic_noise_0.70225_-0.70225_0.11704", "directional"),
+        ("speechbrain_4mic_noise_diffuse", "diffuse"),
+    ):
         noise = read(nstem)
         g = np.sqrt(np.sum(speech[0] ** 2) / np.sum(noise[0] ** 2))
-        sc = Scenario(name=f"speechbrain 4mic + {label} noise 0dB", family="recorded",
-                      mixture=(speech + g * noise).astype(np.float32), geometry_m=geom,
-                      target_azimuth_deg=az, target_elevation_deg=el, reference=speech[0],
-                      target_images=speech, noise_images=(g * noise).astype(np.float32),
-                      target_distance_m=1.5)
+        sc = Scenario(
+            name=f"speechbrain 4mic + {label} noise 0dB",
+            family="recorded",
+            mixture=(speech + g * noise).astype(np.float32),
+            geometry_m=geom,
+            target_azimuth_deg=az,
+            target_elevation_deg=el,
+            reference=speech[0],
+            target_images=speech,
+            noise_images=(g * noise).astype(np.float32),
+            target_distance_m=1.5,
+        )
         out.append(sc)
     return out
 
@@ -235,11 +293,20 @@ def doa_only(corpus: Path) -> list[tuple[str, np.ndarray, np.ndarray, float, boo
     """Recordings with a known direction but no clean reference: DOA error only."""
     folder = corpus / "multichannel"
     rows = []
-    for stem, truth, linear in (("sfa_ula8_xmas_spk1_noise_spk2_16k", 90.0, True),
-                                ("mcwsjav_T10c0201_uca8", 245.5, False)):
+    for stem, truth, linear in (
+        ("sfa_ula8_xmas_spk1_noise_spk2_16k", 90.0, True),
+        ("mcwsjav_T10c0201_uca8", 245.5, False),
+    ):
         x, _ = sf.read(folder / f"{stem}.wav", dtype="float32", always_2d=True)
-        rows.append((stem, np.ascontiguousarray(x.T), load_geometry_json(
-            folder / f"{stem}.json").positions_m, truth, linear))
+        rows.append(
+            (
+                stem,
+                np.ascontiguousarray(x.T),
+                load_geometry_json(folder / f"{stem}.json").positions_m,
+                truth,
+                linear,
+            )
+        )
     return rows
 
 
@@ -266,8 +333,11 @@ def score(est: np.ndarray, sc: Scenario) -> tuple[float, float, float]:
         dp = pesq_wb(est, ref) - pesq_wb(mic0, ref)
     except ValueError:
         dp = float("nan")
-    return (si_sdr_db(est, ref) - si_sdr_db(mic0, ref), dp,
-            stoi_score(est, ref) - stoi_score(mic0, ref))
+    return (
+        si_sdr_db(est, ref) - si_sdr_db(mic0, ref),
+        dp,
+        stoi_score(est, ref) - stoi_score(mic0, ref),
+    )
 
 
 def evaluate(sc: Scenario) -> dict[str, tuple[float, float, float, float]]:
@@ -308,8 +378,10 @@ def print_table(title: str, rows: list[tuple[str, dict]]) -> None:
     for name, res in rows:
         for method, (ds, dp, dst, doa) in res.items():
             doa_s = "" if math.isnan(doa) else f"{doa:.1f}"
-            print(f"| {name:34s} | {method:19s} | {ds:10.2f} | {dp:8.2f} | {dst:6.3f} | "
-                  f"{doa_s:>11s} |")
+            print(
+                f"| {name:34s} | {method:19s} | {ds:10.2f} | {dp:8.2f} | {dst:6.3f} | "
+                f"{doa_s:>11s} |"
+            )
 
 
 def summary(rows: list[tuple[str, dict]], label: str) -> None:
@@ -322,26 +394,30 @@ def summary(rows: list[tuple[str, dict]], label: str) -> None:
     for method in METHODS:
         vals = np.array([res[method] for _, res in rows], np.float64)
         doa = vals[:, 3][np.isfinite(vals[:, 3])]
-        print(f"| {method} | {np.nanmean(vals[:, 0]):.2f} | {np.nanmean(vals[:, 1]):.2f} | "
-              f"{np.nanmean(vals[:, 2]):.3f} | "
-              f"{(f'{np.median(doa):.1f}' if doa.size else '')} |")
+        print(
+            f"| {method} | {np.nanmean(vals[:, 0]):.2f} | {np.nanmean(vals[:, 1]):.2f} | "
+            f"{np.nanmean(vals[:, 2]):.3f} | "
+            f"{(f'{np.median(doa):.1f}' if doa.size else '')} |"
+        )
     mv = np.array([res["mica-mvdr"][0] for _, res in rows])
     orc = np.array([res["oracle-mvdr"][0] for _, res in rows])
     das = np.array([res["mica-das"][0] for _, res in rows])
     doa = np.array([res["mica-mvdr-auto"][3] for _, res in rows])
-    print(f"\ngoal: mica-mvdr / oracle-mvdr SI-SDR gain = {mv.mean():.2f} / {orc.mean():.2f} "
-          f"= {100 * mv.mean() / orc.mean():.0f} % (goal >= 75 %, stretch 90 %)")
+    print(
+        f"\ngoal: mica-mvdr / oracle-mvdr SI-SDR gain = {mv.mean():.2f} / {orc.mean():.2f} "
+        f"= {100 * mv.mean() / orc.mean():.0f} % (goal >= 75 %, stretch 90 %)"
+    )
     print(f"goal: worst mica-mvdr - mica-das = {np.min(mv - das):+.2f} dB (goal >= -0.5 dB)")
-    print(f"goal: DOA median error (auto) = {np.nanmedian(doa):.1f} deg (goal <= 5 sim / "
-          f"10 real)")
+    print(f"goal: DOA median error (auto) = {np.nanmedian(doa):.1f} deg (goal <= 5 sim / 10 real)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small grid (4-mic only)")
     parser.add_argument("--corpus", type=Path, default=CORPUS)
-    parser.add_argument("--pra", action="store_true",
-                        help="also run the pyroomacoustics adapters (see PRA_METHODS)")
+    parser.add_argument(
+        "--pra", action="store_true", help="also run the pyroomacoustics adapters (see PRA_METHODS)"
+    )
     args = parser.parse_args(argv)
     if args.pra:
         METHODS.insert(METHODS.index("pra-das") + 1, "pra-mvdr")
@@ -355,15 +431,21 @@ def main(argv: list[str] | None = None) -> int:
         enh = Enhancer(geom, track_doa=True)
         track: list[float] = []
         enhance_signal(x, enh, lambda b, e, t=track: t.append(e.doa_azimuth_deg))
-        print(f"| {stem} | {truth:.1f} | {enh.doa_azimuth_deg:.1f} | "
-              f"{doa_error_deg(track, truth, linear):.1f} |")
+        print(
+            f"| {stem} | {truth:.1f} | {enh.doa_azimuth_deg:.1f} | "
+            f"{doa_error_deg(track, truth, linear):.1f} |"
+        )
     sim = simulated(args.quick)
     sim_rows = [(sc.name, evaluate(sc)) for _, sc in sim]
     print_table("Simulated rooms (pyroomacoustics; point interferer + diffuse noise)", sim_rows)
-    summary([r for r, (label, _) in zip(sim_rows, sim, strict=True) if label.startswith("4mic")],
-            "simulated 4-mic")
-    summary([r for r, (label, _) in zip(sim_rows, sim, strict=True) if label.startswith("6mic")],
-            "simulated 6-mic")
+    summary(
+        [r for r, (label, _) in zip(sim_rows, sim, strict=True) if label.startswith("4mic")],
+        "simulated 4-mic",
+    )
+    summary(
+        [r for r, (label, _) in zip(sim_rows, sim, strict=True) if label.startswith("6mic")],
+        "simulated 6-mic",
+    )
     summary(real_rows, "real recordings")
     print(f"\n({time.monotonic() - t0:.0f} s)")
     return 0
