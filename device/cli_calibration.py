@@ -187,7 +187,8 @@ def record_live(cfg: Any, seconds: float, mic_channels: list[int] | None = None
                 mics = list(dev.mic_channels) or list(range(dev.channels))
                 sources.append(AlsaSource(dev.alsa_device, channels=dev.channels,
                                           fs_hz=cap.fs_hz, format=dev.format,
-                                          period_frames=cap.period_frames, select=mics))
+                                          period_frames=cap.period_frames,
+                                          periods=cap.periods, select=mics))
                 groups.append((dev.alsa_device, list(dev.geometry_rows)))
         except BaseException:
             for src in sources:

@@ -63,6 +63,11 @@ class CaptureConfig:
     period_frames: int = _opt(160, "ALSA period (frames per read); 160 = 10 ms at 16 kHz",
                               min=16, max=16384)
     """Frames per ALSA period; align with the DSP hop (10 ms) to avoid double buffering."""
+    periods: int = _opt(4, "ALSA periods per buffer (the buffer absorbs a late reader)",
+                        min=2, max=64)
+    """ALSA buffer length in periods: ``periods * period_frames`` frames (4 x 10 ms = 40 ms)
+    may pass unread before the device overruns; more survives longer stalls, the latency
+    stays one period."""
     wav_path: str = _opt("", "multichannel WAV replayed when source = wav", path=True)
     """File replayed as the array when ``source = "wav"``."""
     wav_realtime: bool = _opt(True, "pace the WAV in real time (false: as fast as possible)")

@@ -788,6 +788,7 @@ def open_multi_capture(
                 fs_hz=cap.fs_hz,
                 format=dev.format,
                 period_frames=cap.period_frames,
+                periods=cap.periods,
                 select=mics,
             )
 

@@ -28,7 +28,8 @@ def open_source(cfg: CaptureConfig, mic_channels: list[int] | None = None) -> So
         from mica.device.sources.alsa import AlsaSource
 
         return AlsaSource(cfg.alsa_device, channels=cfg.channels, fs_hz=cfg.fs_hz,
-                          format=cfg.format, period_frames=cfg.period_frames, select=select)
+                          format=cfg.format, period_frames=cfg.period_frames,
+                          periods=cfg.periods, select=select)
     if cfg.source == "wav":
         from mica.device.sources.wav import WavSource
 

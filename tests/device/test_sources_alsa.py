@@ -160,3 +160,19 @@ def test_factory_opens_alsa(fake_alsa: FakeAlsa) -> None:
         src.close()
     assert b.samples.shape == (2, 320)
     np.testing.assert_array_equal(np.rint(b.samples[0] * 32768), np.arange(320) % 100)
+
+
+def test_buffer_length_follows_capture_periods(fake_alsa: FakeAlsa) -> None:
+    """``capture.periods`` sets the ALSA buffer: periods x period_frames frames."""
+    sizes = {}
+    for periods in (2, 8):
+        cfg = CaptureConfig(source="alsa", alsa_device="mic4", channels=4, fs_hz=FS,
+                            format="S16_LE", period_frames=160, periods=periods)
+        src = open_source(cfg)
+        try:
+            sizes[periods] = (src.buffer_frames, src.device_period_frames)
+        finally:
+            src.close()
+    for periods, (buffer_frames, period) in sizes.items():
+        assert buffer_frames == periods * period, sizes
+    assert sizes[8][0] > sizes[2][0]
