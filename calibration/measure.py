@@ -177,14 +177,31 @@ def estimate_gains(x: np.ndarray, fs_hz: float, exclude: list[int] | tuple[int, 
         raise CalibrationError(f"band {lo:.0f}-{hi:.0f} Hz holds too few bins at {fs_hz} Hz")
     psd_db = 10.0 * np.log10(np.maximum(psd[:, band], 1e-30))
     ref = np.median(psd_db[keep], axis=0)
-    per_band = psd_db - ref
-    level = np.median(per_band, axis=1)
+    return gains_from_band_levels(psd_db - ref, keep, (lo, hi))
+
+
+def gains_from_band_levels(per_band_db: np.ndarray, keep: list[int] | np.ndarray,
+                           band_hz: tuple[float, float]) -> GainEstimate:
+    """Per-channel gains from per-bin levels relative to the array.
+
+    ``level_c = median_k per_band_db[c, k] - median_{c' in keep} (median_k per_band_db[c', k])``
+    (medians, so narrow-band peaks and nulls do not move it); the correction is ``-level``
+    for the kept channels and 0 for the others; the spread is the interquartile range over
+    the bins.
+
+    Args:
+        per_band_db: (n_channels, n_bins) level of each channel in each bin, in dB,
+            relative to any per-bin reference (it cancels).
+        keep: the channels that define 0 dB (not dead, not excluded).
+        band_hz: the band the bins cover (reported with the estimate).
+    """
+    level = np.median(per_band_db, axis=1)
     level -= np.median(level[keep])
-    q75, q25 = np.percentile(per_band, [75, 25], axis=1)
+    q75, q25 = np.percentile(per_band_db, [75, 25], axis=1)
     correction = -level
-    for i in set(range(n_ch)) - set(keep):
+    for i in set(range(per_band_db.shape[0])) - set(int(k) for k in keep):
         correction[i] = 0.0
-    return GainEstimate(level, correction, q75 - q25, (float(lo), float(hi)))
+    return GainEstimate(level, correction, q75 - q25, (float(band_hz[0]), float(band_hz[1])))
 
 
 # --------------------------------------------------------------------------- delays

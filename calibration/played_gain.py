@@ -19,7 +19,7 @@ import numpy as np
 from scipy import signal
 
 from mica.calibration.delays import align_played
-from mica.calibration.measure import CalibrationError, GainEstimate
+from mica.calibration.measure import CalibrationError, GainEstimate, gains_from_band_levels
 
 
 def estimate_gains_played(x: np.ndarray, played: np.ndarray, fs_hz: float,
@@ -42,11 +42,4 @@ def estimate_gains_played(x: np.ndarray, played: np.ndarray, fs_hz: float,
         raise CalibrationError(f"the played signal has too little energy in {lo:.0f}-"
                                f"{hi:.0f} Hz")
     h_db = 20.0 * np.log10(np.maximum(np.abs(s_xr[:, band]) / s_rr[band], 1e-15))
-    per_band = h_db - np.median(h_db[keep], axis=0)
-    level = np.median(per_band, axis=1)
-    level -= np.median(level[keep])
-    q75, q25 = np.percentile(per_band, [75, 25], axis=1)
-    correction = -level
-    for i in set(range(n_ch)) - set(keep):
-        correction[i] = 0.0
-    return GainEstimate(level, correction, q75 - q25, (float(lo), float(hi)))
+    return gains_from_band_levels(h_db - np.median(h_db[keep], axis=0), keep, (lo, hi))
