@@ -591,6 +591,22 @@ class Enhancer:
         self.doa_changed = False
         self._refresh_fixed_weights()
 
+    def reset_spatial(self) -> None:
+        """Forget the adaptive spatial statistics (noise/speech covariances, RTF, SPP and
+        noise trackers, VAD, DOA tracker) but keep the STFT/ISTFT overlap, postfilter,
+        echo and channel states, so the output stays continuous. For when the array's
+        geometry changed under the beamformer (e.g. a device's offset was re-acquired)."""
+        self._spp.reset()
+        self._spp_beam.reset()
+        self._vad.reset()
+        self._tracker.reset()
+        for buf in (self._phi_n, self._phi_x, self._mass_n, self._mass_x, self._rtf_state,
+                    self._rtf_used, self._srp, self._doa_v):
+            buf.fill(0)
+        self._frame = 0
+        self.doa_raw_azimuth_deg = math.nan
+        self.doa_changed = False
+
     def warmup(self) -> None:
         """Run every kernel once (compile or load from ``NUMBA_CACHE_DIR``), then reset."""
         self.steer(self._azimuth_deg, self._elevation_deg)
