@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mica.array_dsp.jit import kernel
-from mica.array_dsp.mvdr import TINY, _cholesky, _cholesky_solve, _load_submatrix
+from mica.array_dsp.mvdr import TINY, _cholesky, _gev_power_iterations, _load_submatrix
 
 
 @kernel
@@ -154,21 +154,7 @@ def srp_phat_gev_kernel(
         if not vv > 0.0:
             for i in range(n):
                 work_x[i] = 1.0
-        for _ in range(n_iter):
-            for i in range(n):
-                acc = 0j
-                for j in range(n):
-                    acc += phi_x[k, active_idx[i], active_idx[j]] * work_x[j]
-                work_b[i] = acc
-            _cholesky_solve(work_l, n, work_b, work_x)
-            norm = 0.0
-            for i in range(n):
-                norm += work_x[i].real ** 2 + work_x[i].imag ** 2
-            if not norm > 0.0:
-                break
-            norm = math.sqrt(norm)
-            for i in range(n):
-                work_x[i] = work_x[i] / norm
+        _gev_power_iterations(phi_x, k, active_idx, n, work_l, n_iter, work_b, work_x)
         for i in range(n):
             state_v[k, active_idx[i]] = work_x[i]
         vxv = 0.0

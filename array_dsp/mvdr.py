@@ -79,6 +79,31 @@ def _cholesky_solve(low: np.ndarray, n: int, b: np.ndarray, x: np.ndarray) -> No
 
 
 @kernel
+def _gev_power_iterations(phi_x: np.ndarray, k: int, active_idx: np.ndarray, n: int,
+                          low_n: np.ndarray, n_iter: int, work_b: np.ndarray,
+                          v: np.ndarray) -> None:
+    """Principal generalized eigenvector of ``(Phi_x, Phi_n)`` in bin ``k`` by power
+    iteration: ``v <- normalize(Phi_n^-1 Phi_x v)`` ``n_iter`` times (stops early if ``v``
+    vanishes). ``low_n``: the Cholesky factor of the loaded ``Phi_n`` submatrix; ``v``:
+    ``(n_ch,)`` complex128, the warm start on entry, the eigenvector on return."""
+    for _ in range(n_iter):
+        for i in range(n):  # b = Phi_x v
+            acc = 0j
+            for j in range(n):
+                acc += phi_x[k, active_idx[i], active_idx[j]] * v[j]
+            work_b[i] = acc
+        _cholesky_solve(low_n, n, work_b, v)  # v = Phi_n^-1 b
+        norm = 0.0
+        for i in range(n):
+            norm += v[i].real ** 2 + v[i].imag ** 2
+        if not norm > 0.0:
+            return
+        norm = math.sqrt(norm)
+        for i in range(n):
+            v[i] = v[i] / norm
+
+
+@kernel
 def _mean_diag(cov: np.ndarray, k: int, active_idx: np.ndarray, n: int) -> float:
     tr = 0.0
     for i in range(n):
@@ -283,21 +308,7 @@ def rtf_kernel(
         if not vv > 0.0:
             for i in range(n):
                 work_x[i] = geo_steer[k, active_idx[i]]
-        for _ in range(n_iter):
-            for i in range(n):  # b = Phi_x v
-                acc = 0j
-                for j in range(n):
-                    acc += phi_x[k, active_idx[i], active_idx[j]] * work_x[j]
-                work_b[i] = acc
-            _cholesky_solve(work_l, n, work_b, work_x)  # v = Phi_n^-1 b
-            norm = 0.0
-            for i in range(n):
-                norm += work_x[i].real ** 2 + work_x[i].imag ** 2
-            if not norm > 0.0:
-                break
-            norm = math.sqrt(norm)
-            for i in range(n):
-                work_x[i] = work_x[i] / norm
+        _gev_power_iterations(phi_x, k, active_idx, n, work_l, n_iter, work_b, work_x)
         for i in range(n):
             state_v[k, active_idx[i]] = work_x[i]
         vxv = 0.0
