@@ -15,10 +15,15 @@ For each offset and SNR it prints the drift estimate's error after 5, 10 and 30 
 time to lock (the compensator's own lock state), and the SI-SDR
 (:func:`mica.evaluation.metrics.si_sdr_db`, against the target's image at mic 0, measured
 from 10 s on) of the Enhancer (MVDR when this build has it, else delay-and-sum) on the
-drifted channels uncompensated, compensated, and on the synchronous recording.
+drifted channels uncompensated, compensated, and on the synchronous recording, through
+the offline chain (:func:`mica.device.enhance_file.enhance_signal`). ``--reset``: the
+compensated run resets the Enhancer's spatial statistics
+(:meth:`~mica.array_dsp.enhancer.Enhancer.reset_spatial`) where a device's offset is
+acquired or re-acquired (measured: helps at |ppm| <= 100, hurts at +-500 ppm, so the
+daemon and ``mica enhance`` do not do it).
 
     python benchmarks/drift.py [--quick] [--json] [--offsets PPM ...] [--snrs DB ...]
-                               [--no-mask]
+                               [--no-mask] [--reset]
 
 Goals (issue 6): error <= 1 ppm RMS after 10 s for |offset| <= 500 ppm; compensated
 within 0.5 dB of synchronous after 10 s.
@@ -40,8 +45,9 @@ import scipy.signal
 
 from mica.array_dsp.drift import DriftSettings
 from mica.array_dsp.enhancer import BEAMFORMERS
-from mica.device.multi_file import align_recordings
-from mica.evaluation.chains import run_chain
+from mica.device.enhance_file import enhance_signal
+from mica.device.multi_file import align_recordings, resync_samples
+from mica.evaluation.chains import make_enhancer
 from mica.evaluation.metrics import si_sdr_db
 from mica.evaluation.scenarios import circular_geometry, read_mono_16k, simulate_room
 
@@ -74,19 +80,24 @@ def _drift(x: np.ndarray, ppm: int) -> np.ndarray:
 def _compensate(ref: np.ndarray, other: np.ndarray, scene, mask: bool = True):
     """The daemon's aligner (:func:`mica.device.multi_file.align_recordings`, the shared
     :class:`~mica.device.multi_capture.DeviceAligner`), looking at the talker:
-    ``(aligned other device, estimate per second, time to lock or None)``."""
+    ``(aligned other device, estimate per second, time to lock or None, sample indices
+    where the Enhancer's spatial statistics are reset)``."""
     settings = DriftSettings() if mask else DriftSettings(talker_mask_sharpness=0.0)
     res = align_recordings([ref, other], ["reference", "other"], FS, settings,
                            scene.geometry_m, scene.target_azimuth_deg,
                            scene.target_elevation_deg, period_frames=HOP)
     est = np.array([r["drift_ppm"] for r in res.per_second])
     locks = [e["t_s"] for e in res.events if e["kind"] == "locked"]
-    return res.samples[ref.shape[0]:], est, (locks[0] if locks else None)
+    return (res.samples[ref.shape[0]:], est, (locks[0] if locks else None),
+            resync_samples(res.events, FS))
 
 
-def _sisdr(scenario, mixture: np.ndarray, beamformer: str) -> float:
-    sc = scenario.__class__(**{**scenario.__dict__, "mixture": mixture})
-    out, _ = run_chain(sc, beamformer=beamformer)
+def _sisdr(scenario, mixture: np.ndarray, beamformer: str, resets: list[int] = ()) -> float:
+    """The offline chain (:func:`mica.device.enhance_file.enhance_signal`, spatial
+    statistics reset at ``resets`` as ``mica enhance A.wav B.wav`` does)."""
+    enh = make_enhancer(scenario, beamformer)
+    enh.warmup()
+    out = enhance_signal(mixture.astype(np.float32), enh, reset_spatial_at=resets)
     ref = scenario.reference[: out.size]
     return si_sdr_db(out[10 * FS:], ref[10 * FS:out.size])
 
@@ -99,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON lines, not a table")
     ap.add_argument("--no-mask", action="store_true", help="measure the offset on every bin "
                     "(before the look-direction mask: it follows a louder noise source)")
+    ap.add_argument("--reset", action="store_true", help="reset the Enhancer's spatial "
+                    "statistics where a device's offset is (re-)acquired (experiment: "
+                    "the daemon and mica enhance do not)")
     args = ap.parse_args(argv)
     offsets = [0, 100, -100, 500] if args.quick else [0, 20, -20, 100, -100, 500, -500]
     snrs = [10.0] if args.quick else [0.0, 10.0, 20.0]
@@ -118,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         sync = _sisdr(scene, mix, beamformer)
         for ppm in offsets:
             other = _drift(mix[4:], ppm)
-            aligned, est, lock_s = _compensate(mix[:4], other, scene, not args.no_mask)
+            aligned, est, lock_s, resets = _compensate(mix[:4], other, scene, not args.no_mask)
             n = aligned.shape[1]
             comp_mix = np.concatenate([mix[:4, :n], aligned], axis=0)
             m = min(n, other.shape[1])
@@ -128,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             row = {"ppm": ppm, "snr_db": snr, "err_5s": err[0], "err_10s": err[1],
                    "err_30s": err[2], "lock_s": lock_s,
                    "si_sdr_uncompensated_db": _sisdr(scene, uncomp_mix, beamformer),
-                   "si_sdr_compensated_db": _sisdr(scene, comp_mix, beamformer),
+                   "si_sdr_compensated_db": _sisdr(scene, comp_mix, beamformer,
+                                                  resets if args.reset else []),
                    "si_sdr_synchronous_db": sync, "beamformer": beamformer}
             rows.append(row)
             if args.json:

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ def enhance_signal(
     enhancer: Enhancer,
     on_block: Callable[[int, Enhancer], None] | None = None,
     reference: np.ndarray | None = None,
+    reset_spatial_at: Sequence[int] = (),
 ) -> np.ndarray:
     """Stream ``(n_ch, n)`` float32 through ``enhancer``; return ``(n,)`` float32 aligned.
 
@@ -77,6 +78,10 @@ def enhance_signal(
     ``latency_samples`` output samples are dropped, so ``out[n]`` matches ``signal[:, n]``.
     ``on_block(b, enhancer)`` is called after block ``b`` (e.g. to read its DOA).
     ``reference``: ``(n_ref, n)`` float32 playback loopback for the enhancer's echo stage.
+    ``reset_spatial_at``: input sample indices where the array's geometry changed (a
+    device's offset (re-)acquired, :func:`~mica.device.multi_file.resync_samples`): the
+    enhancer's spatial statistics are reset (:meth:`Enhancer.reset_spatial`) before the
+    block holding each.
     """
     n_ch, n = signal.shape
     hop = enhancer.hop_samples
@@ -89,8 +94,11 @@ def enhance_signal(
         ref = np.zeros((reference.shape[0], n_blocks * hop), np.float32)
         ref[:, :n] = reference
     out = np.empty(n_blocks * hop, np.float32)
+    reset_blocks = {int(s) // hop for s in reset_spatial_at}
     for b in range(n_blocks):
         sl = slice(b * hop, (b + 1) * hop)
+        if b in reset_blocks:
+            enhancer.reset_spatial()
         out[sl] = enhancer.process(padded[:, sl], reference=None if ref is None else ref[:, sl])
         if on_block is not None:
             on_block(b, enhancer)

@@ -73,6 +73,18 @@ class AlignedRecording:
     """Drift events (``acquired``, ``locked``, ``jump``, ``relock``) with ``t_s``."""
 
 
+RESYNC_EVENTS = ("acquired", "relock")
+"""Drift events after which a device sits at a new offset: the beamformer's spatial
+statistics, learned on the old alignment, are stale."""
+
+
+def resync_samples(events: list[dict[str, Any]], fs_hz: int) -> list[int]:
+    """Sample indices (at ``fs_hz``, reference clock) of the :data:`RESYNC_EVENTS` in
+    :attr:`AlignedRecording.events`: where to :meth:`~mica.array_dsp.enhancer.Enhancer.
+    reset_spatial`."""
+    return [round(e["t_s"] * fs_hz) for e in events if e["kind"] in RESYNC_EVENTS]
+
+
 def align_recordings(
     signals: list[np.ndarray],
     names: list[str],

@@ -149,3 +149,34 @@ def test_bad_multi_file_inputs_name_the_file(recordings: dict, tmp_path: Path,
         assert code == EXIT_ERROR and all(w in err for w in words), err
     assert main(["drift", str(a)]) == 2  # one file: nothing to compare
     assert "at least two" in capsys.readouterr().err
+
+
+def test_spatial_statistics_reset_where_a_device_is_reacquired() -> None:
+    """``acquired``/``relock`` events become reset points of the offline chain, and
+    ``enhance_signal`` resets the enhancer's spatial statistics (only) at the block
+    holding each: the same output as resetting by hand there."""
+    from mica.array_dsp.enhancer import Enhancer
+    from mica.device.enhance_file import enhance_signal
+    from mica.device.multi_file import resync_samples
+
+    events = [{"t_s": 1.0, "kind": "acquired"}, {"t_s": 9.0, "kind": "locked"},
+              {"t_s": 12.5, "kind": "jump"}, {"t_s": 13.25, "kind": "relock"}]
+    assert resync_samples(events, FS) == [FS, round(13.25 * FS)]
+    geom = np.array([[0.0, 0, 0], [0.05, 0, 0], [0, 0.05, 0], [0.05, 0.05, 0]])
+    x = np.random.default_rng(1).standard_normal((4, 40 * 160)).astype(np.float32)
+    x[2:] = np.roll(x[2:], 5, axis=1)  # a delayed "device": MVDR statistics matter
+    made = [Enhancer(geom, beamformer="mvdr") for _ in range(3)]
+    at = 17 * 160 + 3
+    reset = enhance_signal(x, made[0], reset_spatial_at=[at])
+    kept = enhance_signal(x, made[1])
+    enh, lat = made[2], made[2].latency_samples
+    padded = np.zeros((4, 41 * 160), np.float32)
+    padded[:, :x.shape[1]] = x
+    by_hand = []
+    for b in range(41):
+        if b == 17:
+            enh.reset_spatial()
+        by_hand.append(enh.process(padded[:, b * 160:(b + 1) * 160]).copy())
+    np.testing.assert_array_equal(reset, np.concatenate(by_hand)[lat:lat + x.shape[1]])
+    assert not np.array_equal(reset, kept)
+    np.testing.assert_array_equal(reset[:17 * 160 - lat], kept[:17 * 160 - lat])
