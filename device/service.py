@@ -756,6 +756,11 @@ class Service:
             except (MicaError, ValueError) as err:
                 reply(error=CommandError("failed", str(err)))
                 continue
+            if isinstance(self._source, MultiCapture):  # align on the new look direction
+                self._source.aligner.set_look_direction(
+                    self.geometry.positions_m, azimuth_deg, elevation_deg,
+                    self.cfg.dsp.sound_speed_m_s,
+                    mask=getattr(self.cfg.dsp, "steer", "fixed") != "auto")  # as at open
             reply({"steer_azimuth_deg": self.enhancer.steer_azimuth_deg,
                    "steer_elevation_deg": self.enhancer.steer_elevation_deg})
         if requests and self.link is not None:
