@@ -579,16 +579,7 @@ class Enhancer:
         if self.postfilter is not None:
             self.postfilter.reset()
         self._channels.reset()
-        self._spp.reset()
-        self._spp_beam.reset()
-        self._vad.reset()
-        self._tracker.reset()
-        for buf in (self._phi_n, self._phi_x, self._mass_n, self._mass_x, self._rtf_state,
-                    self._rtf_used, self._srp, self._doa_v):
-            buf.fill(0)
-        self._frame = 0
-        self.doa_raw_azimuth_deg = math.nan
-        self.doa_changed = False
+        self.reset_spatial()
         self._refresh_fixed_weights()
 
     def reset_spatial(self) -> None:
