@@ -88,12 +88,15 @@ def test_dsp_loop_keeps_nothing_per_block(tmp_path: Path) -> None:
         "mqtt": {"enabled": False},
     }, tmp_path)
     svc = Service(cfg)
-    svc.start()
+    # Tracing starts before the service's threads and stops after they ended: CPython 3.11's
+    # tracemalloc races with threads that allocate while it is switched on or off (a
+    # segfault seen once in CI; cpython gh-128679, fixed in 3.12.9/3.13.2).
+    tracemalloc.start(10)  # deep enough to see the self-check thread under numpy
     try:
-        while svc.blocks_total < 3000:
-            time.sleep(0.05)
-        tracemalloc.start(10)  # deep enough to see the self-check thread under numpy
+        svc.start()
         try:
+            while svc.blocks_total < 3000:
+                time.sleep(0.05)
             time.sleep(0.5)  # let the queues reach their steady fill
             n0 = svc.blocks_total
             start = _traced_bytes(tracemalloc.take_snapshot())
@@ -101,10 +104,11 @@ def test_dsp_loop_keeps_nothing_per_block(tmp_path: Path) -> None:
                 time.sleep(0.05)
             end = _traced_bytes(tracemalloc.take_snapshot())
         finally:
-            tracemalloc.stop()
+            svc.request_stop()
+            svc.stop()
+            svc.selfcheck.stop(timeout_s=30.0)  # a channel-order check may still be running
     finally:
-        svc.request_stop()
-        svc.stop()
+        tracemalloc.stop()
     # the queues' fill level varies by a few blocks (~3 KB each): allow 64 KB, i.e. < 22
     # bytes per block; a leak of one small object per block would be 3000 x >= 56 bytes
     assert end - start < 64 * 1024, f"{end - start} bytes kept over 3000 blocks"
