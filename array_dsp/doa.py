@@ -26,7 +26,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from mica.array_dsp.jit import kernel
-from mica.array_dsp.mvdr import TINY, _cholesky, _gev_power_iterations, _load_submatrix
+from mica.array_dsp.mvdr import (
+    TINY,
+    _cholesky,
+    _gev_power_iterations,
+    _load_submatrix,
+    _mean_diag,
+)
+
+
+@kernel
+def _phat_vote(gij: complex, weight: float, table: np.ndarray, k: int, i: int, j: int,
+               out: np.ndarray) -> None:
+    """Add one mic pair's PHAT-normalised cross term ``weight * g_ij / |g_ij|`` in bin ``k``
+    to the SRP map: ``out[g] += Re(g_ij conj(a_i(g)) a_j(g))`` over the grid (nothing for
+    ``g_ij = 0``)."""
+    mag = abs(gij)
+    if not mag > 0.0:
+        return
+    gij = gij * (weight / mag)
+    for g in range(table.shape[2]):
+        out[g] += (gij * np.conj(table[k, i, g]) * table[k, j, g]).real
 
 
 @kernel
@@ -65,13 +85,8 @@ def srp_phat_kernel(
             i = active_idx[p]
             for q in range(p + 1, n_active):
                 j = active_idx[q]
-                gij = complex(phi_x[k, i, j]) - complex(phi_n[k, i, j])
-                mag = abs(gij)
-                if not mag > 0.0:
-                    continue
-                gij = gij * (wk / mag)
-                for g in range(n_grid):
-                    out[g] += (gij * np.conj(table[k, i, g]) * table[k, j, g]).real
+                _phat_vote(complex(phi_x[k, i, j]) - complex(phi_n[k, i, j]), wk, table, k, i,
+                           j, out)
 
 
 def srp_phat_reference(
@@ -140,10 +155,7 @@ def srp_phat_gev_kernel(
     if n < 2:
         return
     for k in range(k_lo, k_hi):
-        tr = 0.0
-        for i in range(n):
-            tr += phi_n[k, active_idx[i], active_idx[i]].real
-        delta = loading * max(tr / n, 0.0) + TINY
+        delta = loading * _mean_diag(phi_n, k, active_idx, n) + TINY
         _load_submatrix(phi_n, k, active_idx, n, delta, work_a)
         if not _cholesky(work_a, n, work_l):
             continue
@@ -175,13 +187,7 @@ def srp_phat_gev_kernel(
             i = active_idx[p]
             for q in range(p + 1, n):
                 j = active_idx[q]
-                gij = work_b[p] * np.conj(work_b[q])
-                mag = abs(gij)
-                if not mag > 0.0:
-                    continue
-                gij = gij * (wk / mag)
-                for g in range(n_grid):
-                    out[g] += (gij * np.conj(table[k, i, g]) * table[k, j, g]).real
+                _phat_vote(work_b[p] * np.conj(work_b[q]), wk, table, k, i, j, out)
 
 
 def srp_phat_gev_reference(
