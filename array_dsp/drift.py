@@ -44,6 +44,13 @@ once per second, measures how well the resampled device lines up with the refere
    mask passed (noise alone passes little: its spatially aliased bins leak, but count
    little). The drift (coherence drift) needs no mask.
 
+**Rate-only mode** (``rate_only=True``: a playback loopback device, whose signal is not the
+microphones' acoustic signal, so no offset search may run on it): no estimation at all; the
+resampler runs at the drift given by :meth:`DriftCompensator.set_prior` (the ALSA-timestamp
+rate ratio) from the starting offset given at construction / :meth:`DriftCompensator.reset`
+(the capture timestamps), so physical time lines up and stays lined up; lock state
+:data:`RATE_ONLY`.
+
 Re-lock: measurements that disagree with the line by more than ``relock_samples`` several
 times in a row (a device reset, a restart of its stream) send the compensator back to
 acquisition, keeping the drift estimate (segment pairs across the reset are dropped).
@@ -77,7 +84,9 @@ from mica.array_dsp.validate import SignalShapeError, check_array, check_positiv
 ACQUIRING = "acquiring"
 TRACKING = "tracking"
 LOCKED = "locked"
+RATE_ONLY = "rate_only"
 LOCK_STATES = (ACQUIRING, TRACKING, LOCKED)
+"""States of an estimating compensator; a rate-only one is always :data:`RATE_ONLY`."""
 
 
 # --------------------------------------------------------------------------- kernels
@@ -432,13 +441,16 @@ class DriftCompensator:
             as far as timestamps tell (refined by acquisition).
         compensate: ``False`` measures only (the step stays at the nominal 1.0): a
             benchmark's "uncompensated" case.
+        rate_only: no offset or drift estimation: resample at the drift given by
+            :meth:`set_prior` from ``initial_offset_samples`` (module doc, "Rate-only
+            mode"); :meth:`process` ignores the reference samples.
 
     Not thread-safe: one thread pushes device input and processes reference blocks.
     """
 
     def __init__(self, n_channels: int, fs_hz: float, settings: DriftSettings | None = None,
                  analysis_channel: int = 0, initial_offset_samples: float = 0.0,
-                 compensate: bool = True) -> None:
+                 compensate: bool = True, rate_only: bool = False) -> None:
         self.settings = settings or DriftSettings()
         s = self.settings
         self.n_channels = check_positive_int(n_channels, "n_channels")
@@ -450,6 +462,7 @@ class DriftCompensator:
         self.fs_hz = float(fs_hz)
         self.analysis_channel = int(analysis_channel)
         self.compensate = bool(compensate)
+        self.rate_only = bool(rate_only)
         self.expected_delay_samples = 0.0
         self.aux_delay_samples: float | None = None
         hop = s.n_fft // 2
@@ -510,7 +523,7 @@ class DriftCompensator:
         self._step_run.clear()
         self._breaks.clear()
         self._bad = 0
-        self.state = ACQUIRING
+        self.state = RATE_ONLY if self.rate_only else ACQUIRING
         if not hasattr(self, "drift_ppm"):
             self.drift_ppm = self.settings.prior_ppm
             self.stderr_ppm = float("inf")
@@ -523,9 +536,12 @@ class DriftCompensator:
         self._apply_step(0.0)
 
     def set_prior(self, drift_ppm: float, sigma_ppm: float) -> None:
-        """Prior on the drift (e.g. from ALSA frame rates); used while few points exist."""
+        """Prior on the drift (e.g. from ALSA frame rates); used while few points exist.
+        Rate-only: the drift itself (and its standard error), from now on."""
         self.settings.prior_ppm = float(drift_ppm)
         self.settings.prior_sigma_ppm = max(float(sigma_ppm), 1e-3)
+        if self.rate_only:
+            self.stderr_ppm = self.settings.prior_sigma_ppm
         if self.measurements == 0:
             self.drift_ppm = float(drift_ppm)
             self._apply_step(0.0)
@@ -578,6 +594,8 @@ class DriftCompensator:
         self.resampler.pull(out)
         self._k += n
         self._t_total += n
+        if self.rate_only:
+            return []
         events: list[DriftEvent] = []
         i = 0
         while i < n:
@@ -963,7 +981,7 @@ def warmup_kernels() -> None:
                                  comp._phi[:nb], comp._paa[:nb], comp._pbb[:nb])
 
 
-__all__ = ["ACQUIRING", "TRACKING", "LOCKED", "LOCK_STATES", "DriftCompensator",
+__all__ = ["ACQUIRING", "TRACKING", "LOCKED", "LOCK_STATES", "RATE_ONLY", "DriftCompensator",
            "DriftEvent", "DriftSettings", "FRAC_BITS", "cross_spectrum_kernel",
            "cross_spectrum_reference", "coherent_sum_kernel", "coherent_sum_reference",
            "coherence_drift_kernel", "coherence_drift_reference", "gcc_phat",

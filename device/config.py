@@ -99,8 +99,16 @@ class CaptureDeviceConfig:
     geometry_rows: list = _opt([], "geometry row of each microphone channel", item_min=0,
                                item_max=63)
     """Row of the array geometry each microphone channel is."""
-    reference: bool = _opt(False, "this device's clock is the reference (default: the first)")
+    reference: bool = _opt(False, "this device's clock is the reference (default: the first "
+                                  "microphone device)")
     """The other devices are resampled onto this one's clock."""
+    role: str = _opt("mics", "mics (microphones) or reference (the playback loopback of the "
+                     "echo canceller, e.g. hw:Loopback,1,0)", choices=("mics", "reference"))
+    """``reference``: every channel of this device is a playback reference for ``[echo]``
+    (no ``geometry_rows`` or ``mic_channels``; at most one such device; never the clock
+    reference; needs ``echo.enabled``). It is resampled onto the clock reference at the
+    ALSA-timestamp rate ratio from the first blocks' capture times (no acoustic offset
+    search), and its channels follow the microphones in each block."""
 
 
 @dataclass(frozen=True)
@@ -152,9 +160,11 @@ class UsbConfig:
 
 @dataclass(frozen=True)
 class EchoConfig:
-    enabled: bool = _opt(False, "cancel the loudspeaker's echo (needs array.reference_channels)")
+    enabled: bool = _opt(False, "cancel the loudspeaker's echo (needs array.reference_channels "
+                         "or a [[capture.devices]] table with role = \"reference\")")
     """Acoustic echo cancellation per microphone before the beamformer, fed by the playback
-    loopback channels (``array.reference_channels``)."""
+    loopback channels (``array.reference_channels`` of the one capture device, or every
+    channel of the ``role = "reference"`` device of a multi-device array)."""
     tail_ms: float = _opt(128.0, "echo path length the filter models (ms)", min=10.0,
                           max=1000.0)
     """Filter tail; cost grows with it (partitions of one hop each)."""
@@ -529,8 +539,27 @@ def _check_capture_devices(cfg: Config, problems: list[str]) -> None:
         problems.append("array.mic_channels: with capture.devices, list each device's "
                         "mic_channels instead")
     rows: list[int] = []
+    n_refs = 0
     for i, dev in enumerate(devices):
         path = f"capture.devices[{i}]"
+        if dev.role == "reference":
+            n_refs += 1
+            if n_refs > 1:
+                problems.append(f"{path}.role: more than one device has role = \"reference\" "
+                                "(give one playback loopback device)")
+            if dev.reference:
+                problems.append(f"{path}.reference: a role = \"reference\" (playback "
+                                "loopback) device cannot be the clock reference")
+            if dev.geometry_rows:
+                problems.append(f"{path}.geometry_rows: a role = \"reference\" device has no "
+                                "microphones (every channel is playback)")
+            if dev.mic_channels:
+                problems.append(f"{path}.mic_channels: a role = \"reference\" device has no "
+                                "microphones (every channel is playback)")
+            if not cfg.echo.enabled:
+                problems.append(f"{path}.role: a role = \"reference\" device feeds the echo "
+                                "canceller: set echo.enabled = true (or remove this device)")
+            continue
         mics = dev.mic_channels or list(range(dev.channels))
         for ch in mics:
             if isinstance(ch, int) and ch >= dev.channels:
@@ -545,6 +574,9 @@ def _check_capture_devices(cfg: Config, problems: list[str]) -> None:
                         f"each once, got {sorted(rows)}")
     if sum(dev.reference for dev in devices) > 1:
         problems.append("capture.devices: more than one device has reference = true")
+    if n_refs == len(devices):
+        problems.append("capture.devices: no microphone device (every device has role = "
+                        "\"reference\")")
 
 
 def _check_echo(cfg: Config, problems: list[str]) -> None:
@@ -560,16 +592,22 @@ def _check_echo(cfg: Config, problems: list[str]) -> None:
                         "array.mic_channels")
     if len(set(refs)) != len(refs):
         problems.append("array.reference_channels: lists a channel twice")
-    if cfg.echo.enabled:
+    devices = cfg.capture.devices
+    if devices and refs:
+        problems.append("array.reference_channels: with capture.devices, give the playback "
+                        "loopback as a [[capture.devices]] table with role = \"reference\"")
+    if cfg.echo.enabled and devices:
+        if not refs and not any(dev.role == "reference" for dev in devices):
+            problems.append("echo.enabled: with capture.devices, needs a [[capture.devices]] "
+                            "table with role = \"reference\" (the playback loopback device, "
+                            "e.g. hw:Loopback,1,0)")
+    elif cfg.echo.enabled:
         if not refs:
             problems.append("echo.enabled: needs array.reference_channels (the playback "
                             "loopback channels)")
         elif not cfg.array.mic_channels:
             problems.append("array.mic_channels: needed with array.reference_channels, so "
                             "microphones and references are told apart")
-        if cfg.capture.devices:
-            problems.append("echo.enabled: not supported with capture.devices yet (give the "
-                            "loopback as array.reference_channels of one device)")
 
 
 def _with_board_profile(data: dict, board: str | None) -> dict:

@@ -5,7 +5,11 @@ audio property; docs/mqtt.md).
 
 Capture layout: with ``[echo] enabled``, the source delivers the microphones
 (``array.mic_channels``, geometry order) followed by the reference channels
-(``array.reference_channels``); :func:`split_reference` cuts each hop into the two.
+(``array.reference_channels``); :func:`split_reference` cuts each hop into the two. A
+multi-device array (``[[capture.devices]]``) delivers the same layout: every microphone in
+geometry row order, then every channel of its ``role = "reference"`` device (the playback
+loopback on its own clock, resampled onto the array's by
+:class:`~mica.device.multi_capture.MultiCapture`); lost, those channels are zeros.
 """
 
 from __future__ import annotations
@@ -22,9 +26,29 @@ from mica.array_dsp.res import ResParams
 from mica.device.block import Block
 
 
+def reference_device(cfg: Any) -> Any | None:
+    """The ``[[capture.devices]]`` table with ``role = "reference"`` (``None``: none)."""
+    for dev in getattr(cfg.capture, "devices", ()):
+        if getattr(dev, "role", "mics") == "reference":
+            return dev
+    return None
+
+
+def n_reference_channels(cfg: Any) -> int:
+    """Playback reference channels the source delivers after the microphones (0: none or
+    ``[echo]`` off): ``array.reference_channels``, or every channel of the reference
+    device."""
+    if not cfg.echo.enabled:
+        return 0
+    dev = reference_device(cfg)
+    if getattr(cfg.capture, "devices", None):
+        return 0 if dev is None else int(dev.channels)
+    return len(cfg.array.reference_channels)
+
+
 def echo_enabled(cfg: Any) -> bool:
     """``[echo] enabled`` and reference channels to feed it."""
-    return bool(cfg.echo.enabled and cfg.array.reference_channels)
+    return n_reference_channels(cfg) > 0
 
 
 def echo_control(cfg: Any, n_mics: int) -> EchoControl | None:
@@ -38,7 +62,7 @@ def echo_control(cfg: Any, n_mics: int) -> EchoControl | None:
         res=ResParams(floor_db=e.res_floor_db) if e.res else None,
     )
     return EchoControl(
-        n_mics, len(cfg.array.reference_channels), cfg.dsp.hop_samples, cfg.dsp.fs_hz, params
+        n_mics, n_reference_channels(cfg), cfg.dsp.hop_samples, cfg.dsp.fs_hz, params
     )
 
 

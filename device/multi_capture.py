@@ -34,6 +34,20 @@ its compensator restarts acquisition from the timestamps, keeping the drift esti
 offset re-locks. The reference device carries the clock and the block timing: when it fails
 the read raises :class:`DeviceError` and the service reopens the whole set (its own
 ``device_lost``/``device_back``, pausing audio), which re-acquires every offset.
+
+Echo reference device (``role = "reference"``, :data:`ROLE_REFERENCE`): the playback
+loopback of the loudspeaker's sound card (``hw:Loopback,1,0``, a ``dsnoop`` of the playback
+device), with its own clock. Its channels come after every microphone in each block (the
+layout :func:`mica.device.echo_stage.split_reference` cuts). It is not the same acoustic
+signal as the microphones, so it gets no offset search: its compensator is rate-only
+(:class:`~mica.array_dsp.drift.DriftCompensator` ``rate_only``): the starting offset from
+the first blocks' capture times (physical time lines up; the echo canceller's bulk-delay
+tracker absorbs the playback buffering), the drift from the ALSA-timestamp rate ratio
+(:meth:`_RateMeter.fit`: least-squares line of frames over capture time, its standard
+error; updated every :data:`RATE_ONLY_UPDATE_S`), so the loopback never jumps. Lost, it
+degrades like any non-reference device (zeros: the canceller sees no playback and holds
+its filter; reopened with backoff; ``device_lost``/``device_back`` with ``"role":
+"reference"``).
 """
 
 from __future__ import annotations
@@ -65,6 +79,16 @@ REOPEN_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 NOMINAL_PRIOR_SIGMA_PPM = 5.0
 """Uncertainty given to a calibrated nominal drift (a crystal moves a few ppm with
 temperature): combined with the ALSA-timestamp prior by inverse variance."""
+ROLE_MICS = "mics"
+"""A device of microphones (geometry rows; aligned by the acoustic offset search)."""
+ROLE_REFERENCE = "reference"
+"""The playback loopback device of the echo canceller (rate-only alignment, module doc)."""
+ROLES = (ROLE_MICS, ROLE_REFERENCE)
+RATE_ONLY_MIN_S = 0.5
+"""Seconds of timestamps before a rate-only device's rate is used (its timestamps' line fit
+is good to a few ppm after a second on the fake devices: 18 us jitter)."""
+RATE_ONLY_UPDATE_S = 0.25
+"""How often a rate-only device's resampling rate follows its timestamp fit."""
 
 
 @dataclass
@@ -76,7 +100,20 @@ class DeviceSpec:
     open: Callable[[], Source]
     """Opens the device (delivering the listed microphone channels, in order)."""
     geometry_rows: list[int]
-    """Geometry row of each delivered channel."""
+    """Geometry row of each delivered channel; for a :data:`ROLE_REFERENCE` device its rows
+    of the delivered block, after every microphone."""
+    role: str = ROLE_MICS
+    """:data:`ROLE_MICS` or :data:`ROLE_REFERENCE` (the echo canceller's playback loopback)."""
+
+
+def clock_reference_index(devices: list[Any]) -> int:
+    """Index of the clock-reference device among ``[[capture.devices]]`` tables: the one with
+    ``reference = true``, else the first microphone device (never a reference-role one)."""
+    flagged = [i for i, d in enumerate(devices) if getattr(d, "reference", False)]
+    if flagged:
+        return flagged[0]
+    mics = [i for i, d in enumerate(devices) if getattr(d, "role", ROLE_MICS) == ROLE_MICS]
+    return mics[0] if mics else 0
 
 
 class _RateMeter:
@@ -87,6 +124,7 @@ class _RateMeter:
         self.frames = 0
         self.t_last_ns = 0
         self.frames_last = 0
+        self._sums = np.zeros(6, np.float64)  # n, sum t, sum f, sum t^2, sum t f, sum f^2
 
     def add(self, block: Block) -> None:
         if self.t0_ns is None:
@@ -96,6 +134,29 @@ class _RateMeter:
         self.t_last_ns = block.t_capture_ns
         self.frames_last = self.frames
         self.frames += block.n_samples
+        t = (block.t_capture_ns - self.t0_ns) / _NS
+        f = float(self.frames_last)
+        self._sums += (1.0, t, f, t * t, t * f, f * f)
+
+    def fit(self, min_span_s: float = PRIOR_MIN_S) -> tuple[float, float, float] | None:
+        """Least-squares line of frame index over capture time: ``(frames per second, its
+        standard error, span in s)``, or None before ``min_span_s``. The slope's error is
+        ``s / sqrt(sum (t - mean t)^2)`` with ``s`` the residual spread (in frames): the
+        timestamps' own jitter, not an assumed one."""
+        if self.t0_ns is None:
+            return None
+        span_s = (self.t_last_ns - self.t0_ns) / _NS
+        n, st, sf, stt, stf, sff = self._sums
+        if span_s < min_span_s or n < 3:
+            return None
+        sxx = stt - st * st / n
+        sxy = stf - st * sf / n
+        syy = sff - sf * sf / n
+        if sxx <= 0:
+            return None
+        slope = sxy / sxx
+        resid = max(syy - slope * sxy, 0.0) / (n - 2)
+        return slope, float(np.sqrt(resid / sxx)), span_s
 
     def rate(self) -> tuple[float, float] | None:
         """``(frames per second, span in s)`` or None before :data:`PRIOR_MIN_S`."""
@@ -147,6 +208,9 @@ class DeviceAligner:
         compensate: resample (True) or only measure (False).
         analysis_row: which channel of each device the estimator compares.
         on_event: called with each drift event.
+        rate_only: per device, True for an echo reference device (:data:`ROLE_REFERENCE`):
+            no offset search, resampled at the rate :meth:`set_rate` gives; its rows must
+            come after every microphone row.
     """
 
     def __init__(
@@ -160,6 +224,7 @@ class DeviceAligner:
         compensate: bool = True,
         analysis_row: int = 0,
         on_event: EventCallback | None = None,
+        rate_only: list[bool] | None = None,
     ) -> None:
         if len(names) != len(rows):
             raise ValueError(f"{len(names)} device names for {len(rows)} row lists")
@@ -168,6 +233,18 @@ class DeviceAligner:
         flat = sorted(r for dev_rows in rows for r in dev_rows)
         if flat != list(range(len(flat))):
             raise ValueError(f"geometry rows {flat} must be 0..{len(flat) - 1}, each once")
+        self.rate_only = [bool(v) for v in (rate_only or [False] * len(names))]
+        if len(self.rate_only) != len(names):
+            raise ValueError(f"{len(self.rate_only)} rate_only flags for {len(names)} devices")
+        if self.rate_only[reference]:
+            raise ValueError("the clock reference cannot be a rate-only (echo reference) device")
+        ref_rows = [r for dev_rows, ro in zip(rows, self.rate_only, strict=True) if ro
+                    for r in dev_rows]
+        self.n_mics = len(flat) - len(ref_rows)
+        """Microphone rows (the first ones); the rate-only devices' rows follow."""
+        if ref_rows and min(ref_rows) < self.n_mics:
+            raise ValueError(f"rate-only rows {sorted(ref_rows)} must come after the "
+                             f"{self.n_mics} microphone rows")
         self.names = list(names)
         self.rows = [list(r) for r in rows]
         self.reference = int(reference)
@@ -221,6 +298,7 @@ class DeviceAligner:
             analysis_channel=self.analysis_row,
             initial_offset_samples=initial_offset_samples,
             compensate=self._compensate,
+            rate_only=self.rate_only[i],
         )
         comp.expected_delay_samples = self._expected.get(self.names[i], 0.0)
         comp.aux_delay_samples = None if self._aux is None else self._aux[1]
@@ -246,6 +324,17 @@ class DeviceAligner:
         if gap_frames:
             comp.resampler.skip_input(gap_frames)
         comp.push(samples)
+
+    def set_rate(self, i: int, drift_ppm: float, sigma_ppm: float) -> None:
+        """Rate-only device ``i``'s clock against the reference (ppm, positive: its clock is
+        fast) and the standard error of that rate; the resampler follows it from now on (its
+        read position moves on, no jump)."""
+        if not self.rate_only[i]:
+            raise ValueError(f"device {self.names[i]!r} is not rate-only")
+        comp = self.comps[i]
+        if comp is None:
+            raise ValueError(f"device {self.names[i]!r}: start() before set_rate()")
+        comp.set_prior(drift_ppm, sigma_ppm)
 
     def align(self, ref_samples: np.ndarray) -> np.ndarray:
         """The reference block ``(n_ch_ref, period)`` and every other device resampled onto
@@ -304,11 +393,12 @@ class DeviceAligner:
         """The talker's delays for a look direction (:func:`look_delays`); ``mask``: also
         measure the offset on the bins from that direction only (off when the look
         direction is not the talker's, e.g. while the beam follows a tracked DOA)."""
+        mics = [i for i, ro in enumerate(self.rate_only) if not ro]  # echo references: no geometry
         delays, aux = look_delays(
             geometry_m,
-            self.rows,
-            self.reference,
-            self.names,
+            [self.rows[i] for i in mics],
+            mics.index(self.reference),
+            [self.names[i] for i in mics],
             self.fs_hz,
             azimuth_deg,
             elevation_deg,
@@ -325,7 +415,8 @@ class DeviceAligner:
     def status(self, i: int) -> dict[str, Any]:
         """Device ``i``: drift (ppm), offset, lock state (the reference says so)."""
         if i == self.reference:
-            return {"reference": True, "drift_ppm": 0.0, "offset_samples": 0.0, "lock": "reference"}
+            return {"reference": True, "drift_ppm": 0.0, "offset_samples": 0.0,
+                    "lock": "reference", "role": ROLE_MICS}
         comp = self.comps[i]
         entry: dict[str, Any] = (
             {"drift_ppm": None, "lock": "waiting"} if comp is None else comp.status()
@@ -333,6 +424,7 @@ class DeviceAligner:
         if i in self._absent:
             entry["lock"] = "lost"
         entry["reference"] = False
+        entry["role"] = ROLE_REFERENCE if self.rate_only[i] else ROLE_MICS
         return entry
 
 
@@ -454,6 +546,7 @@ class MultiCapture:
             compensate,
             analysis_row,
             on_event=self._emit,
+            rate_only=[s.role == ROLE_REFERENCE for s in specs],
         )
         self.fs_hz = int(fs_hz)
         self.period_frames = int(period_frames)
@@ -480,6 +573,7 @@ class MultiCapture:
             self.close()
             raise
         self._last_prior_s = 0.0
+        self._last_rate_s = 0.0
         for dev in self._devices:
             if dev.source is not None:
                 self._start_thread(dev)
@@ -571,6 +665,7 @@ class MultiCapture:
                     self._lose(i, dev, str(err))
         merged = self.aligner.align(block.samples)
         self._maybe_update_priors()
+        self._maybe_update_rates()
         return Block(merged.copy(), block.seq, block.t_capture_ns, block.gap_frames)
 
     def _fill_device(self, i: int, dev: _Device, ref_block: Block) -> None:
@@ -617,11 +712,19 @@ class MultiCapture:
             del dev.prior
         self.aligner.drop(i)
         rows = list(dev.spec.geometry_rows)
-        log.error("capture device %r lost (%s): the array goes on without geometry rows %s; "
-                  "reopening with backoff", dev.spec.name, reason, rows)
-        self._device_event("device_lost", {"device": dev.spec.name, "reason": reason,
-                                           "reference": False, "geometry_rows": rows,
-                                           "t_ns": time.monotonic_ns()})
+        payload: dict[str, Any] = {"device": dev.spec.name, "reason": reason,
+                                   "reference": False, "role": dev.spec.role}
+        if dev.spec.role == ROLE_REFERENCE:
+            log.error("capture device %r (echo reference) lost (%s): the echo canceller sees "
+                      "no playback (block rows %s are zeros); reopening with backoff",
+                      dev.spec.name, reason, rows)
+            payload["geometry_rows"] = []
+        else:
+            log.error("capture device %r lost (%s): the array goes on without geometry rows "
+                      "%s; reopening with backoff", dev.spec.name, reason, rows)
+            payload["geometry_rows"] = rows
+        payload["t_ns"] = time.monotonic_ns()
+        self._device_event("device_lost", payload)
         threading.Thread(target=self._reopen, args=(dev,), daemon=True,
                          name=f"mica-reopen-{dev.spec.name}").start()
 
@@ -658,6 +761,7 @@ class MultiCapture:
         log.info("capture device %r back after %.2f s (%d attempt(s))", dev.spec.name,
                  downtime_s, dev.attempts)
         self._device_event("device_back", {"device": dev.spec.name, "reference": False,
+                                           "role": dev.spec.role,
                                            "downtime_seconds": round(downtime_s, 3),
                                            "attempts": dev.attempts,
                                            "t_ns": time.monotonic_ns()})
@@ -682,8 +786,8 @@ class MultiCapture:
             return
         for dev in self._devices:
             rate = dev.rate.rate()
-            if dev is ref or dev.comp is None or rate is None:
-                continue
+            if dev is ref or dev.comp is None or rate is None or dev.comp.rate_only:
+                continue  # a rate-only device's rate: _maybe_update_rates
             ppm = (rate[0] / ref_rate[0] - 1.0) * 1e6
             sigma = 1e6 * 2 * PRIOR_JITTER_S / min(rate[1], ref_rate[1])
             if dev.spec.name in self._nominal:  # the calibrated drift, by inverse variance
@@ -692,6 +796,34 @@ class MultiCapture:
                 sigma = (w_a + w_n) ** -0.5
             if self._use_prior:
                 dev.comp.set_prior(ppm, sigma)
+            dev.prior = (ppm, sigma)  # type: ignore[attr-defined]
+
+    def _maybe_update_rates(self) -> None:
+        """Every :data:`RATE_ONLY_UPDATE_S`: each rate-only (echo reference) device's drift
+        from the least-squares fits of both devices' timestamps, ``(r_dev / r_ref - 1) 1e6``
+        ppm, with the two fits' standard errors combined (combined with a calibrated nominal
+        drift by inverse variance, as the priors are); the resampler follows it."""
+        now = time.monotonic()
+        if now - self._last_rate_s < RATE_ONLY_UPDATE_S:
+            return
+        self._last_rate_s = now
+        ref_fit = self._devices[self._reference].rate.fit(RATE_ONLY_MIN_S)
+        if ref_fit is None:
+            return
+        for i, dev in enumerate(self._devices):
+            if not self.aligner.rate_only[i] or not dev.up or dev.comp is None:
+                continue
+            fit = dev.rate.fit(RATE_ONLY_MIN_S)
+            if fit is None:
+                continue
+            ratio = fit[0] / ref_fit[0]
+            ppm = (ratio - 1.0) * 1e6
+            sigma = 1e6 * ratio * float(np.hypot(fit[1] / fit[0], ref_fit[1] / ref_fit[0]))
+            if dev.spec.name in self._nominal:
+                w_a, w_n = max(sigma, 1e-3) ** -2, NOMINAL_PRIOR_SIGMA_PPM**-2
+                ppm = (w_a * ppm + w_n * self._nominal[dev.spec.name]) / (w_a + w_n)
+                sigma = (w_a + w_n) ** -0.5
+            self.aligner.set_rate(i, ppm, sigma)
             dev.prior = (ppm, sigma)  # type: ignore[attr-defined]
 
     def _emit(self, name: str, event: DriftEvent, lock: str) -> None:
@@ -778,8 +910,17 @@ def open_multi_capture(
 
     cap = cfg.capture
     specs = []
+    n_mic_rows = sum(len(dev.geometry_rows) for dev in cap.devices
+                     if getattr(dev, "role", ROLE_MICS) == ROLE_MICS)
+    next_ref_row = n_mic_rows  # echo reference channels follow every microphone
     for dev in cap.devices:
+        role = getattr(dev, "role", ROLE_MICS)
         mics = list(dev.mic_channels) or list(range(dev.channels))
+        if role == ROLE_REFERENCE:  # every channel is playback; rows after the microphones
+            rows = list(range(next_ref_row, next_ref_row + len(mics)))
+            next_ref_row += len(mics)
+        else:
+            rows = list(dev.geometry_rows)
 
         def opener(dev: Any = dev, mics: list[int] = mics) -> Source:
             return AlsaSource(
@@ -792,8 +933,7 @@ def open_multi_capture(
                 select=mics,
             )
 
-        specs.append(DeviceSpec(dev.alsa_device, opener, list(dev.geometry_rows)))
-    refs = [i for i, dev in enumerate(cap.devices) if dev.reference]
+        specs.append(DeviceSpec(dev.alsa_device, opener, rows, role))
     d = cfg.drift
     settings = DriftSettings(
         update_s=d.update_s,
@@ -801,7 +941,7 @@ def open_multi_capture(
         memory_s=d.memory_s,
         event_jump_ppm=d.event_jump_ppm,
     )
-    ref = refs[0] if refs else 0
+    ref = clock_reference_index(cap.devices)
     multi = MultiCapture(
         specs,
         ref,

@@ -49,7 +49,7 @@ from mica.device.echo_stage import (
     EchoReport,
     capture_channels,
     echo_control,
-    echo_enabled,
+    n_reference_channels,
     split_reference,
 )
 from mica.device.governor import (
@@ -64,7 +64,7 @@ from mica.device.governor import (
 )
 from mica.device.ha_discovery import discovery_messages
 from mica.device.mqtt_link import AudioChunk, AudioChunker, MqttLink
-from mica.device.multi_capture import MultiCapture, open_multi_capture
+from mica.device.multi_capture import MultiCapture, clock_reference_index, open_multi_capture
 from mica.device.reblock import Reblocker
 from mica.device.ring import DropOldestQueue
 from mica.device.sd_notify import Notifier, Watchdog
@@ -208,7 +208,7 @@ class Service:
                                      cfg.dsp.denoiser_bundle or None))
         self.doa_azimuth_deg: float | None = None
         self.echo_report = EchoReport(self.enhancer.echo)  # [echo]: telemetry, events
-        self._n_refs = len(cfg.array.reference_channels) if echo_enabled(cfg) else 0
+        self._n_refs = n_reference_channels(cfg)  # after the mics in each block (0: no echo)
         self._speech_active = False
         self._speech_start_ns: int | None = None
         self._dead_channels: tuple[int, ...] = ()
@@ -260,8 +260,8 @@ class Service:
         self._device_name = (cfg.capture.alsa_device if cfg.capture.source == "alsa"
                              else cfg.capture.wav_path)
         if cfg.capture.devices:  # a multi-device array stops with its reference (the clock)
-            refs = [d for d in cfg.capture.devices if d.reference] or cfg.capture.devices
-            self._device_name = refs[0].alsa_device
+            self._device_name = cfg.capture.devices[
+                clock_reference_index(cfg.capture.devices)].alsa_device
         self.chunks_published = 0
         self.fault: BaseException | None = None
         self._dsp_hook = dsp_hook
