@@ -126,20 +126,39 @@ def single_talk(corpus_dir):
 
 def test_converges_on_measured_echo_path(single_talk) -> None:
     """Corpus speech through a measured 8-ch RIR (direct path at 46 ms) and a soft-clipping
-    loudspeaker: ERLE >= 20 dB on mic 0 over seconds 2-6 (stated goal, measured ~26 dB)
-    and the online estimate agrees within 6 dB."""
+    loudspeaker: ERLE >= 22 dB on mics 0 and 1 over seconds 2-3 and 4-5 (measured 25.4-36.2
+    dB; 22.7-35.0 with the Enzner & Vary near-end PSD) and the online estimate agrees
+    within 6 dB."""
     scene, res = single_talk
     erle = [window_erle(scene, res["out"], t, t + 1.0, m) for m in (0, 1) for t in (2, 4)]
-    assert min(erle) >= 20.0, erle
+    assert min(erle) >= 22.0, erle
     measured = window_erle(scene, res["out"], 4.0, 6.0)
     assert abs(res["erle_db"][-1] - measured) < 6.0, (res["erle_db"][-1], measured)
     assert not res["path_change"].any()
 
 
+def test_tonal_far_end_converges_within_a_second(corpus_dir) -> None:
+    """Jazz far end (tonal: many bins barely excited) through the measured RIR and the
+    soft-clipping loudspeaker: from 1 s after the onset on, every 1 s window is cancelled
+    by >= 15 dB (measured 16.3-21.7 dB), and over seconds 1-6 the canceller beats the
+    Enzner & Vary near-end PSD (error PSD less the predicted misalignment ``sum P |X|^2``,
+    10 % floor, no flat floor: measured 13.7-19.8 dB, the mean 2.1 dB lower) by >= 1 dB:
+    the diagonal ``P`` overstates the misalignment, so that estimate leaves the weak
+    bins a full-size gain on the error leaked from the strong ones."""
+    scene = make_echo_scene(corpus_dir, seconds=6.0, n_mics=1, far="music")
+    old = AecParams(misalignment=1.0, psi_floor=0.1, psi_flat_floor=0.0)
+    erle = {}
+    for name, params in (("new", AecParams()), ("old", old)):
+        out = run(EchoCanceller(1, 1, HOP, FS, params), scene.mic, scene.ref)["out"]
+        erle[name] = np.array([window_erle(scene, out, t, t + 1.0) for t in range(1, 6)])
+    assert erle["new"].min() >= 15.0, erle
+    assert erle["new"].mean() >= erle["old"].mean() + 1.0, erle
+
+
 def test_tracks_an_echo_path_change(corpus_dir) -> None:
     """At 4 s the loudspeaker is heard through another measured room (the device carried
     elsewhere): the change is detected within 1 s and ERLE over seconds 6-8 is back to
-    >= 12 dB (measured ~16 dB; 25 dB before the change)."""
+    >= 12 dB (measured 15.5 dB; 27 dB before the change)."""
     scene = make_echo_scene(corpus_dir, seconds=8.0, n_mics=2, path_change_s=4.0)
     res = run(EchoCanceller(2, 1, HOP, FS), scene.mic, scene.ref)
     before = window_erle(scene, res["out"], 3.0, 4.0)
@@ -154,9 +173,10 @@ def test_tracks_an_echo_path_change(corpus_dir) -> None:
 def test_double_talk_keeps_the_near_end(corpus_dir) -> None:
     """Near-end speech at 0 dB against the echo from 3 s to 6 s, after 3 s of
     convergence: the near-end comes out at its level (within 1 dB) and its SI-SDR in the
-    output is at least 17 dB (it is -0.5 dB in the mic; measured 19.6 dB, 15.3 dB when the
-    path uncertainty still grew in double talk), the echo stays cancelled by >= 17 dB
-    through the double talk (measured 19.6 dB; 24 dB before it), and double talk is
+    output is at least 19 dB (it is -0.5 dB in the mic; measured 21.3 dB, 19.6 dB with the
+    Enzner & Vary near-end PSD, 15.3 dB when the path uncertainty still grew in double
+    talk), the echo stays cancelled by >= 17 dB through the double talk (measured 21.3 dB;
+    24 dB before it), and double talk is
     reported for most of the near-end window."""
     scene = make_echo_scene(corpus_dir, seconds=6.0, n_mics=1, near_window_s=(3.0, 6.0))
     res = run(EchoCanceller(1, 1, HOP, FS), scene.mic, scene.ref)
@@ -164,7 +184,7 @@ def test_double_talk_keeps_the_near_end(corpus_dir) -> None:
     near, out, mic = scene.near[0, sl], res["out"][0, sl], scene.mic[0, sl]
     sdr_out, sdr_mic = si_sdr_db(out, near), si_sdr_db(mic, near)
     gain_db = 10 * np.log10(np.dot(out, near) ** 2 / np.dot(near, near) ** 2)
-    assert sdr_out >= 17.0 and sdr_out > sdr_mic + 10.0, (sdr_out, sdr_mic)
+    assert sdr_out >= 19.0 and sdr_out > sdr_mic + 10.0, (sdr_out, sdr_mic)
     erle_dt = window_erle(scene, res["out"], 3.0, 6.0)
     assert erle_dt >= 17.0, erle_dt
     assert abs(gain_db) < 1.0, gain_db
