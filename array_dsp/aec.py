@@ -91,6 +91,15 @@ class AecParams:
             keeps the near end better in double talk (benchmark SI-SDR 28.5 vs 27.0 dB)
             but re-converges slower after an echo-path change (ERLE 2-4 s after it 13.3 vs
             15.5 dB), so 1.
+        cross_covariance_keep: ``0``: the state covariance is diagonal (one variance per
+            partition and bin, Kuech et al. 2014); ``rho > 0``: the full covariance across
+            the partitions (and reference channels) of each bin, its cross terms multiplied
+            by ``rho`` each block. The partitions' regressors in a bin are strongly
+            correlated (50 %-overlapping frames; sustained tones), which a diagonal ``P``
+            ignores: it converges slowly along the weak directions (measured on jazz: 19.9
+            vs 24.9 dB after 3-6 s). ``rho = 1`` (plain per-bin RLS) over-fits the error
+            that the per-bin model does not explain (leakage, the gradient constraint):
+            speech 29.8 vs 34.2 dB; ``rho = 0.9`` keeps the gain of both.
         coherence_smoothing: smoothing of the error-reference cross-spectra per block.
         far_threshold_db: reference power (dBFS) above which the far end counts as active.
         double_talk_db: error over echo-estimate power (dB) above which a far-end-active
@@ -126,6 +135,7 @@ class AecParams:
     psi_floor: float = 0.1
     psi_flat_floor: float = 1.0
     noise_scale: float = 1.0
+    cross_covariance_keep: float = 0.9
     coherence_smoothing: float = 0.9
     far_threshold_db: float = -60.0
     double_talk_db: float = -10.0
@@ -152,6 +162,7 @@ class AecParams:
             ("psi_floor", self.psi_floor >= 0.0),
             ("psi_flat_floor", self.psi_flat_floor >= 0.0),
             ("noise_scale", self.noise_scale > 0.0),
+            ("cross_covariance_keep", 0.0 <= self.cross_covariance_keep <= 1.0),
             ("power_smoothing", 0.0 <= self.power_smoothing < 1.0),
             ("erle_smoothing", 0.0 <= self.erle_smoothing < 1.0),
             ("path_change_blocks", self.path_change_blocks >= 1),
@@ -373,6 +384,82 @@ def constrain_kernel(grad_time: np.ndarray) -> None:
 
 
 @kernel
+def kalman_gain_full_kernel(
+    x_hist: np.ndarray,
+    e_spec: np.ndarray,
+    psi: np.ndarray,
+    c_cov: np.ndarray,
+    beta: float,
+    overlap: float,
+    misalign: float,
+    psi_floor: float,
+    flat_floor: float,
+    noise_scale: float,
+    step: float,
+    cx: np.ndarray,
+    grad: np.ndarray,
+) -> None:
+    """:func:`kalman_gain_kernel` with the full state covariance of each bin.
+
+    ``x`` = the bin's regressors ``X_{r,p}`` (index ``q = r P + p``); ``c = C x^*``;
+    ``D = x^T C x^* + s psi_s``; ``K = step c / D``; ``grad = K E``;
+    ``C <- C - overlap K c^H`` (stays Hermitian). c_cov ``(n_mic, K, Q, Q)`` c128
+    (``Q = n_ref P``), cx ``(Q,)`` c128 scratch, grad ``(n_mic, n_ref, P, K)`` c128.
+    """
+    n_mic, n_ref, n_part, n_bins = grad.shape
+    nq = n_ref * n_part
+    for m in range(n_mic):
+        mean_psi = 0.0
+        for k in range(n_bins):
+            e = e_spec[m, k]
+            psi[m, k] = beta * psi[m, k] + (1.0 - beta) * (e.real * e.real + e.imag * e.imag)
+            mean_psi += psi[m, k]
+        flat = flat_floor * mean_psi / n_bins
+        for k in range(n_bins):
+            e = e_spec[m, k]
+            pxx = 0.0
+            for i in range(nq):
+                acc = 0j
+                for j in range(nq):
+                    acc += c_cov[m, k, i, j] * np.conj(x_hist[j // n_part, j % n_part, k])
+                cx[i] = acc
+                pxx += (x_hist[i // n_part, i % n_part, k] * acc).real
+            psi_ss = max(psi[m, k] - misalign * pxx, psi_floor * psi[m, k], flat)
+            inv = step / (pxx + noise_scale * psi_ss + 1e-20)
+            for i in range(nq):
+                grad[m, i // n_part, i % n_part, k] = cx[i] * inv * e
+            for i in range(nq):
+                gi = overlap * inv * cx[i]
+                for j in range(nq):
+                    c_cov[m, k, i, j] -= gi * np.conj(cx[j])
+
+
+@kernel
+def state_update_full_kernel(
+    w: np.ndarray, grad: np.ndarray, c_cov: np.ndarray, a2: float, keep: float
+) -> None:
+    """``W += grad``; ``C = A^2 C`` with the cross terms also times ``keep``, then
+    ``C_qq += (1 - A^2) |W_q|^2`` (time update of the full per-bin covariance)."""
+    n_mic, n_ref, n_part, n_bins = w.shape
+    nq = n_ref * n_part
+    off = a2 * keep
+    for m in range(n_mic):
+        for k in range(n_bins):
+            for i in range(nq):
+                for j in range(nq):
+                    if i != j:
+                        c_cov[m, k, i, j] *= off
+            for i in range(nq):
+                r = i // n_part
+                p = i % n_part
+                v = w[m, r, p, k] + grad[m, r, p, k]
+                w[m, r, p, k] = v
+                c_cov[m, k, i, i] = a2 * c_cov[m, k, i, i].real + (1.0 - a2) * (
+                    v.real * v.real + v.imag * v.imag
+                )
+
+
+@kernel
 def state_update_kernel(w: np.ndarray, grad: np.ndarray, p_cov: np.ndarray, a2: float) -> None:
     """``W += grad``; ``P = A^2 P + (1 - A^2) |W|^2`` (time update)."""
     n_mic, n_ref, n_part, n_bins = w.shape
@@ -554,6 +641,12 @@ class EchoCanceller:
         self._x_hist = np.zeros((self.n_refs, self.n_partitions, self.n_bins), np.complex128)
         self._w = np.zeros(shape, np.complex128)
         self._p = np.full(shape, p.initial_state_var, np.float64)
+        self._full = p.cross_covariance_keep > 0.0
+        n_q = self.n_refs * self.n_partitions if self._full else 0
+        # full per-bin covariance (cross_covariance_keep > 0; else empty and _p is used)
+        self._c = np.zeros((self.n_mics, self.n_bins, n_q, n_q), np.complex128)
+        self._cx = np.zeros(n_q, np.complex128)
+        self._c_diag_init()
         self._grad = np.zeros(shape, np.complex128)
         self._cp = min(p.constraint_partitions, self.n_partitions)
         self._cp_next = 0
@@ -655,6 +748,10 @@ class EchoCanceller:
         padded[..., :n] = moved.reshape(self.n_mics, self.n_refs, n_part, n)
         self._w[...] = np.fft.rfft(padded, axis=-1)
         k = int(round(shift / n))
+        if self._full:  # the variances move with the taps; the cross terms start afresh
+            q = np.arange(self._c.shape[2])
+            diag = np.transpose(self._c[:, :, q, q].real, (0, 2, 1))
+            self._p[...] = diag.reshape(self._p.shape)
         p_old = self._p.copy()
         self._p.fill(self.params.initial_state_var)
         if 0 <= k < n_part:
@@ -662,6 +759,7 @@ class EchoCanceller:
         elif -n_part < k < 0:
             self._p[:, :, -k:] = p_old[:, :, : n_part + k]
         self._cp_next = 0
+        self._c_diag_init()
         for buf in (self._s_ex, self._s_xx, self._s_ee, self.coherence):
             buf.fill(0)
         self._rebuild_history()
@@ -694,10 +792,19 @@ class EchoCanceller:
             self._x_hist[:, p] = np.fft.rfft(x[:, b - 2 * n : b], axis=-1)
         self._x_prev[...] = x[:, -n:]
 
+    def _c_diag_init(self) -> None:
+        """Full covariance (if used) = ``diag(_p)``, no cross terms."""
+        if self._full:
+            self._c.fill(0)
+            d = self._p.reshape(self.n_mics, -1, self.n_bins)  # (n_mic, Q, K)
+            q = np.arange(d.shape[1])
+            self._c[:, :, q, q] = np.transpose(d, (0, 2, 1))
+
     def _restart_filter(self) -> None:
         self._w.fill(0)
         self._cp_next = 0
         self._p.fill(self.params.initial_state_var)
+        self._c_diag_init()
         for buf in (self._psi, self._s_ex, self._s_xx, self._s_ee, self.coherence):
             buf.fill(0)
 
@@ -716,20 +823,38 @@ class EchoCanceller:
         error_kernel(mic, self._y_hat_time, self.out, self.echo, self._err_pad)
         _rfft(self._err_pad, self._e_spec)
         p = self.params
-        kalman_gain_kernel(
-            self._x_hist,
-            self._e_spec,
-            self._psi,
-            self._p,
-            p.psi_smoothing,
-            0.5,
-            p.misalignment,
-            p.psi_floor,
-            p.psi_flat_floor,
-            p.noise_scale,
-            p.double_talk_step if self._adapt_hold else 1.0,
-            self._grad,
-        )
+        step = p.double_talk_step if self._adapt_hold else 1.0
+        if self._full:
+            kalman_gain_full_kernel(
+                self._x_hist,
+                self._e_spec,
+                self._psi,
+                self._c,
+                p.psi_smoothing,
+                0.5,
+                p.misalignment,
+                p.psi_floor,
+                p.psi_flat_floor,
+                p.noise_scale,
+                step,
+                self._cx,
+                self._grad,
+            )
+        else:
+            kalman_gain_kernel(
+                self._x_hist,
+                self._e_spec,
+                self._psi,
+                self._p,
+                p.psi_smoothing,
+                0.5,
+                p.misalignment,
+                p.psi_floor,
+                p.psi_flat_floor,
+                p.noise_scale,
+                step,
+                self._grad,
+            )
         coherence_kernel(
             self._x_hist,
             self._e_spec,
@@ -744,7 +869,12 @@ class EchoCanceller:
             constrain_kernel(self._grad_time_2d)
             _rfft(self._grad_time, self._grad)
         forget = p.double_talk_path_forget if self._adapt_hold else p.path_forget
-        state_update_kernel(self._w, self._grad, self._p, forget**2)
+        if self._full:
+            state_update_full_kernel(
+                self._w, self._grad, self._c, forget**2, p.cross_covariance_keep
+            )
+        else:
+            state_update_kernel(self._w, self._grad, self._p, forget**2)
         if self._cp:
             self._project_filter()
         monitor_kernel(
@@ -832,6 +962,11 @@ def aec_reference(
     ref_d = np.concatenate([np.zeros((n_ref, delay_samples), np.float32), ref], axis=1)
     w = np.zeros((n_mic, n_ref, n_part, k_bins), np.complex128)
     pc = np.full(w.shape, p.initial_state_var)
+    n_q = n_ref * n_part
+    full = p.cross_covariance_keep > 0.0
+    eye_q = np.eye(n_q)
+    c_init = p.initial_state_var * np.broadcast_to(eye_q, (n_mic, k_bins, n_q, n_q))
+    cc = c_init.astype(np.complex128)  # (n_mic, K, Q, Q), used when full
     psi = np.zeros((n_mic, k_bins))
     x_hist = np.zeros((n_ref, n_part, k_bins), np.complex128)
     x_prev = np.zeros((n_ref, n), np.float32)
@@ -866,13 +1001,23 @@ def aec_reference(
         e_spec = np.fft.rfft(np.concatenate([np.zeros((n_mic, n)), e.astype(np.float64)], 1))
         psi = p.psi_smoothing * psi + (1 - p.psi_smoothing) * np.abs(e_spec) ** 2
         x2 = np.abs(x_hist) ** 2
-        pxx = np.einsum("mrpk,rpk->mk", pc, x2)
+        xq = np.transpose(x_hist.reshape(n_q, k_bins))  # (K, Q)
+        if full:
+            cxq = np.einsum("mkij,kj->mki", cc, np.conj(xq))
+            pxx = np.real(np.einsum("ki,mki->mk", xq, cxq))
+        else:
+            pxx = np.einsum("mrpk,rpk->mk", pc, x2)
         flat = p.psi_flat_floor * psi.mean(axis=1, keepdims=True)
         psi_ss = np.maximum(np.maximum(psi - p.misalignment * pxx, p.psi_floor * psi), flat)
         den = (pxx + p.noise_scale * psi_ss + 1e-20) / (p.double_talk_step if adapt_hold else 1.0)
-        gain = pc / den[:, None, None, :]
-        grad = gain * np.conj(x_hist)[None] * e_spec[:, None, None, :]
-        pc = pc * (1.0 - 0.5 * gain * x2[None])
+        if full:
+            gq = cxq / den[:, :, None]  # (m, K, Q)
+            grad = np.transpose(gq * e_spec[:, :, None], (0, 2, 1)).reshape(w.shape)
+            cc = cc - 0.5 * gq[..., :, None] * np.conj(cxq)[..., None, :]
+        else:
+            gain = pc / den[:, None, None, :]
+            grad = gain * np.conj(x_hist)[None] * e_spec[:, None, None, :]
+            pc = pc * (1.0 - 0.5 * gain * x2[None])
         if cp == 0:
             gt = np.fft.irfft(grad, 2 * n)
             gt[..., n:] = 0.0
@@ -880,6 +1025,12 @@ def aec_reference(
         w = w + grad
         a2 = (p.double_talk_path_forget if adapt_hold else p.path_forget) ** 2
         pc = a2 * pc + (1 - a2) * np.abs(w) ** 2
+        if full:
+            d = np.einsum("mkii->mki", cc).real
+            cc = cc * (a2 * p.cross_covariance_keep)
+            wq = np.transpose(w.reshape(n_mic, n_q, k_bins), (0, 2, 1))
+            q = np.arange(n_q)
+            cc[:, :, q, q] = a2 * d + (1 - a2) * np.abs(wq) ** 2
         if cp:
             lo, hi = cp_next, min(cp_next + cp, n_part)
             wt = np.fft.irfft(w[:, :, lo:hi], 2 * n)
@@ -925,6 +1076,7 @@ def aec_reference(
             div[:] = 0
             pw[:, 3:5] = 0.0
             pc = np.full(w.shape, p.initial_state_var)
+            cc = c_init.astype(np.complex128)
             w = np.zeros_like(w)
             cp_next = 0
             psi = np.zeros_like(psi)
