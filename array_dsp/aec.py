@@ -396,18 +396,23 @@ def kalman_gain_full_kernel(
     flat_floor: float,
     noise_scale: float,
     step: float,
-    cx: np.ndarray,
+    cross_scale: float,
+    scratch: np.ndarray,
     grad: np.ndarray,
 ) -> None:
     """:func:`kalman_gain_kernel` with the full state covariance of each bin.
 
     ``x`` = the bin's regressors ``X_{r,p}`` (index ``q = r P + p``); ``c = C x^*``;
     ``D = x^T C x^* + s psi_s``; ``K = step c / D``; ``grad = K E``;
-    ``C <- C - overlap K c^H`` (stays Hermitian). c_cov ``(n_mic, K, Q, Q)`` c128
-    (``Q = n_ref P``), cx ``(Q,)`` c128 scratch, grad ``(n_mic, n_ref, P, K)`` c128.
+    ``C <- C - overlap K c^H`` (stays Hermitian), then the cross terms (``i != j``) times
+    ``cross_scale`` (the time update's share of them, ``A^2 rho``: one pass over ``C``;
+    :func:`state_update_full_kernel` does the diagonal). c_cov ``(n_mic, K, Q, Q)`` c128
+    (``Q = n_ref P``), scratch ``(2, Q)`` c128, grad ``(n_mic, n_ref, P, K)`` c128.
     """
     n_mic, n_ref, n_part, n_bins = grad.shape
     nq = n_ref * n_part
+    cx = scratch[0]
+    xc = scratch[1]
     for m in range(n_mic):
         mean_psi = 0.0
         for k in range(n_bins):
@@ -417,46 +422,45 @@ def kalman_gain_full_kernel(
         flat = flat_floor * mean_psi / n_bins
         for k in range(n_bins):
             e = e_spec[m, k]
+            for r in range(n_ref):
+                for p in range(n_part):
+                    xc[r * n_part + p] = np.conj(x_hist[r, p, k])
             pxx = 0.0
             for i in range(nq):
                 acc = 0j
                 for j in range(nq):
-                    acc += c_cov[m, k, i, j] * np.conj(x_hist[j // n_part, j % n_part, k])
+                    acc += c_cov[m, k, i, j] * xc[j]
                 cx[i] = acc
-                pxx += (x_hist[i // n_part, i % n_part, k] * acc).real
+                pxx += (np.conj(xc[i]) * acc).real
             psi_ss = max(psi[m, k] - misalign * pxx, psi_floor * psi[m, k], flat)
             inv = step / (pxx + noise_scale * psi_ss + 1e-20)
-            for i in range(nq):
-                grad[m, i // n_part, i % n_part, k] = cx[i] * inv * e
+            for r in range(n_ref):
+                for p in range(n_part):
+                    grad[m, r, p, k] = cx[r * n_part + p] * inv * e
             for i in range(nq):
                 gi = overlap * inv * cx[i]
+                d = (c_cov[m, k, i, i] - gi * np.conj(cx[i])).real
                 for j in range(nq):
-                    c_cov[m, k, i, j] -= gi * np.conj(cx[j])
+                    c_cov[m, k, i, j] = cross_scale * (c_cov[m, k, i, j] - gi * np.conj(cx[j]))
+                c_cov[m, k, i, i] = d
 
 
 @kernel
-def state_update_full_kernel(
-    w: np.ndarray, grad: np.ndarray, c_cov: np.ndarray, a2: float, keep: float
-) -> None:
-    """``W += grad``; ``C = A^2 C`` with the cross terms also times ``keep``, then
-    ``C_qq += (1 - A^2) |W_q|^2`` (time update of the full per-bin covariance)."""
+def state_update_full_kernel(w: np.ndarray, grad: np.ndarray, c_cov: np.ndarray, a2: float) -> None:
+    """``W += grad``; ``C_qq = A^2 C_qq + (1 - A^2) |W_q|^2`` (time update of the full
+    per-bin covariance's diagonal; :func:`kalman_gain_full_kernel` already scaled the
+    cross terms by ``A^2 rho``)."""
     n_mic, n_ref, n_part, n_bins = w.shape
-    nq = n_ref * n_part
-    off = a2 * keep
     for m in range(n_mic):
-        for k in range(n_bins):
-            for i in range(nq):
-                for j in range(nq):
-                    if i != j:
-                        c_cov[m, k, i, j] *= off
-            for i in range(nq):
-                r = i // n_part
-                p = i % n_part
-                v = w[m, r, p, k] + grad[m, r, p, k]
-                w[m, r, p, k] = v
-                c_cov[m, k, i, i] = a2 * c_cov[m, k, i, i].real + (1.0 - a2) * (
-                    v.real * v.real + v.imag * v.imag
-                )
+        for r in range(n_ref):
+            for p in range(n_part):
+                i = r * n_part + p
+                for k in range(n_bins):
+                    v = w[m, r, p, k] + grad[m, r, p, k]
+                    w[m, r, p, k] = v
+                    c_cov[m, k, i, i] = a2 * c_cov[m, k, i, i].real + (1.0 - a2) * (
+                        v.real * v.real + v.imag * v.imag
+                    )
 
 
 @kernel
@@ -645,7 +649,7 @@ class EchoCanceller:
         n_q = self.n_refs * self.n_partitions if self._full else 0
         # full per-bin covariance (cross_covariance_keep > 0; else empty and _p is used)
         self._c = np.zeros((self.n_mics, self.n_bins, n_q, n_q), np.complex128)
-        self._cx = np.zeros(n_q, np.complex128)
+        self._cx = np.zeros((2, n_q), np.complex128)
         self._c_diag_init()
         self._grad = np.zeros(shape, np.complex128)
         self._cp = min(p.constraint_partitions, self.n_partitions)
@@ -824,6 +828,7 @@ class EchoCanceller:
         _rfft(self._err_pad, self._e_spec)
         p = self.params
         step = p.double_talk_step if self._adapt_hold else 1.0
+        forget = p.double_talk_path_forget if self._adapt_hold else p.path_forget
         if self._full:
             kalman_gain_full_kernel(
                 self._x_hist,
@@ -837,6 +842,7 @@ class EchoCanceller:
                 p.psi_flat_floor,
                 p.noise_scale,
                 step,
+                forget**2 * p.cross_covariance_keep,
                 self._cx,
                 self._grad,
             )
@@ -868,11 +874,8 @@ class EchoCanceller:
             _irfft(self._grad, 2 * n, self._grad_time)
             constrain_kernel(self._grad_time_2d)
             _rfft(self._grad_time, self._grad)
-        forget = p.double_talk_path_forget if self._adapt_hold else p.path_forget
         if self._full:
-            state_update_full_kernel(
-                self._w, self._grad, self._c, forget**2, p.cross_covariance_keep
-            )
+            state_update_full_kernel(self._w, self._grad, self._c, forget**2)
         else:
             state_update_kernel(self._w, self._grad, self._p, forget**2)
         if self._cp:
