@@ -6,17 +6,26 @@ vanishing mid-run."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.signal
 
 from mica.array_dsp.errors import ConfigError
 from mica.device.block import Block
 from mica.device.config import parse_config
-from mica.device.echo_stage import echo_enabled, n_reference_channels
+from mica.device.echo_stage import echo_control, echo_enabled, n_reference_channels
 from mica.device.multi_capture import DeviceAligner, _RateMeter, clock_reference_index
+from mica.device.service import Service
+from mica.device.sources.pcm import float_to_pcm
+from mica.evaluation.echo_scene import loudspeaker, make_echo_scene
 
 GEOMETRY = [[0.05, 0.0, 0.0], [0.0, 0.05, 0.0], [-0.05, 0.0, 0.0], [0.0, -0.05, 0.0]]
 FS = 16000
@@ -191,3 +200,252 @@ def test_rate_meter_fit_measures_rate_and_its_error() -> None:
           f"{expected_sigma:.4f})")
     assert abs(slope - rate) < 3 * sigma
     assert 0.5 * expected_sigma < sigma < 2 * expected_sigma
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+def _looping_echo_scene(corpus_dir: Path, seconds: float, delay_ms: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``(mics (4, n), playback (n,))``: corpus far-end speech through the soft-clipping
+    loudspeaker, ``delay_ms`` of playback buffering and measured RIRs, made circular (the
+    echo of the file's end wraps onto its start) so the fake devices can loop it; near end
+    silent, -60 dBFS sensor noise."""
+    scene = make_echo_scene(corpus_dir, seconds=seconds, n_mics=4)
+    assert scene.paths is not None
+    far = scene.ref[0].astype(np.float64)
+    n = far.size
+    played = np.roll(loudspeaker(far, 2.0).astype(np.float64), round(delay_ms * 1e-3 * FS))
+    spec = np.fft.rfft(played)
+    echo = np.stack([np.fft.irfft(spec * np.fft.rfft(h.astype(np.float64), n), n)
+                     for h in scene.paths])
+    noise = np.random.default_rng(5).standard_normal(echo.shape) * 10 ** (-60 / 20)
+    return (echo + noise).astype(np.float32), far.astype(np.float32)
+
+
+def _echo_config(device_id: str, broker, capture: dict, array: dict | None = None) -> dict:
+    return {
+        "device": {"id": device_id},
+        "capture": {"source": "alsa", "fs_hz": FS, "period_frames": 160, **capture},
+        "array": {"geometry_m": GEOMETRY, **(array or {})},
+        "echo": {"enabled": True},
+        "mqtt": {"host": broker.host, "port": broker.port, "audio_enabled": True,
+                 "telemetry_interval_s": 0.5},
+        "governor": {"enabled": False},
+    }
+
+
+def _run_for(cfg_data: dict, tmp_path: Path, sub_factory, audio_s: float) -> list[dict]:
+    """Run the service for ``audio_s`` of published audio; its telemetry messages."""
+    cfg = parse_config(cfg_data, tmp_path)
+    base = cfg.topic_base
+    sub = sub_factory(f"{base}/#")
+    service = Service(cfg)
+    service.start()
+    try:
+        audio = f"{base}/audio/{cfg.mqtt.audio_stream}"
+        sub.wait_count(audio, 1, timeout_s=30)
+        sub.wait_count(audio, int(audio_s / 0.02), timeout_s=audio_s + 20)
+    finally:
+        service.request_stop()
+        service.stop(timeout_s=2.0)
+    assert service.fault is None
+    return [json.loads(m.payload) for m in sub.messages(f"{base}/telemetry")]
+
+
+def test_daemon_cancels_echo_from_a_loopback_device_on_its_own_clock(
+        fake_alsa, mqtt_broker, mqtt_subscriber, corpus_dir: Path, tmp_path: Path) -> None:
+    """4 mics (ppm 0) hear corpus speech through a loudspeaker, 20 ms of playback buffering
+    and measured RIRs; a second, 1-channel device carries the playback on its own clock,
+    +150 ppm (its file is the playback resampled to that clock). Through a real broker:
+    after 8 s of audio the ERLE in telemetry is within 3 dB of the same scene with the
+    loopback as a channel of the microphones' device (and >= 15 dB), and the loopback
+    device's drift in telemetry (rate-only, from its ALSA timestamps) is 150 +- 10 ppm."""
+    mics, far = _looping_echo_scene(corpus_dir, 10.0, 20.0)
+    ppm = 150.0
+    n_dev = round(far.size * (1 + ppm * 1e-6))     # 10 s at +150 ppm: exactly 24 more
+    loop = scipy.signal.resample(far.astype(np.float64), n_dev)  # periodic: exact loop
+    tag = uuid.uuid4().hex[:6]
+    one = fake_alsa.add_pcm_from_samples(f"echo_one_{tag}", np.vstack([mics, far]), FS)
+    pcm_mics = fake_alsa.add_pcm_from_samples(f"echo_mics_{tag}", mics, FS)
+    pcm_loop = fake_alsa.add_pcm_from_samples(f"echo_loop_{tag}", loop[None, :], FS, ppm=ppm)
+    audio_s = 8.0
+    single = _run_for(_echo_config(f"echo-one-{tag}", mqtt_broker,
+                                   {"alsa_device": one, "channels": 5},
+                                   {"mic_channels": [0, 1, 2, 3], "reference_channels": [4]}),
+                      tmp_path, mqtt_subscriber, audio_s)
+    two = _run_for(_echo_config(f"echo-two-{tag}", mqtt_broker, {"devices": [
+        {"alsa_device": pcm_loop, "channels": 1, "role": "reference"},
+        {"alsa_device": pcm_mics, "channels": 4, "geometry_rows": [0, 1, 2, 3]}]}),
+        tmp_path, mqtt_subscriber, audio_s)
+    erle_one = [t["echo"]["erle_db"] for t in single if t["echo"]["erle_db"] is not None]
+    erle_two = [t["echo"]["erle_db"] for t in two if t["echo"]["erle_db"] is not None]
+    drift = [t["drift"][pcm_loop] for t in two if "drift" in t]
+    print(f"ERLE one device (loopback channel): {erle_one[-1]:.1f} dB; two devices (loopback "
+          f"at +{ppm:.0f} ppm): {erle_two[-1]:.1f} dB; loopback drift {drift[-1]}")
+    assert erle_two[-1] >= 15.0, erle_two
+    assert erle_two[-1] >= erle_one[-1] - 3.0, (erle_one, erle_two)
+    last = drift[-1]
+    assert last["role"] == "reference" and last["lock"] == "rate_only" and last["up"]
+    assert abs(last["drift_ppm"] - ppm) < 10.0, drift
+    assert last["drift_stderr_ppm"] is not None and last["drift_stderr_ppm"] < 10.0
+    assert all(t["drift"][pcm_mics]["reference"] for t in two if "drift" in t)
+    assert {t["echo"]["playback_active"] for t in two} >= {True}
+
+
+def test_echo_stage_holds_while_the_loopback_is_zeros(corpus_dir: Path) -> None:
+    """What the daemon's echo stage gets while the loopback device is lost: reference zeros
+    while the loudspeaker still plays (2 s). The canceller adapts only while its reference
+    history (one tail) still holds playback, then its filter stands still; it is not reset,
+    reports no path change, and 0.25-1 s after the loopback's return it cancels within 3 dB
+    of an uninterrupted run, far better than a filter restarted from zero would (the
+    first 0.25-0.75 s are a few dB short: the partitions that still held playback when the
+    loopback vanished misadapted a little, measured and printed)."""
+    mics, far = _looping_echo_scene(corpus_dir, 8.0, 20.0)
+    a, b, hop = 4 * FS, 6 * FS, 160
+    outs, moved = {}, 0.0
+    for lose in (False, True, "reset"):
+        echo = echo_control(parse_config({"echo": {"enabled": True}, "capture": {"channels": 5},
+                                          "array": {"mic_channels": [0, 1, 2, 3],
+                                                    "reference_channels": [4]}}, Path.cwd()), 4)
+        assert echo is not None
+        ref = far.copy()
+        if lose:
+            ref[a:b] = 0.0
+        out = np.zeros_like(mics)
+        w_flushed = None
+        for i in range(mics.shape[1] // hop):
+            sl = slice(i * hop, (i + 1) * hop)
+            out[:, sl] = echo.process(mics[:, sl], ref[None, sl])
+            if lose and i * hop == a + FS // 2:  # 0.5 s into the loss: history all zeros
+                w_flushed = echo.aec._w.copy()
+                changes = echo.path_changes_total
+                assert not echo.playback_active
+            if lose == "reset" and i * hop == b:
+                echo.reset()  # what the hold avoids: converging again from zero
+            if lose and i * hop == b - hop:
+                moved = float(np.abs(echo.aec._w - w_flushed).max() / np.abs(w_flushed).max())
+                assert echo.path_changes_total == changes
+        outs[lose] = out
+
+    def erle_db(out: np.ndarray, t0: float, t1: float) -> float:
+        s, e = int(t0 * FS), int(t1 * FS)
+        return 10 * math.log10(float(np.sum(mics[:, s:e] ** 2)) / float(np.sum(out[:, s:e] ** 2)))
+
+    first = {k: erle_db(o, 6.25, 6.75) for k, o in outs.items()}
+    later = {k: erle_db(o, 6.75, 8.0) for k, o in outs.items()}
+    print(f"ERLE after a 2 s loopback loss, 0.25-0.75 s / 0.75-2 s after its return: held "
+          f"{first[True]:.1f} / {later[True]:.1f} dB, uninterrupted {first[False]:.1f} / "
+          f"{later[False]:.1f} dB, restarted from zero {first['reset']:.1f} / "
+          f"{later['reset']:.1f} dB; the held filter moved {moved:.1e} (relative) while its "
+          "history was zeros")
+    assert moved < 1e-9
+    assert later[True] >= later[False] - 3.0 and later[False] >= 20.0
+    assert first[True] >= first["reset"] + 6.0 and later[True] >= later["reset"] + 3.0
+
+
+PLUGIN_C = Path(__file__).resolve().parent.parent / "alsa_failmic" / "pcm_failmic.c"
+
+
+def _failmic_pcm(fake_alsa, name: str, samples: np.ndarray) -> Path:
+    """A wall-clock failmic PCM ``name`` playing ``samples`` (the room: devices opened at any
+    time hear it at the same time); it is unplugged while the returned file exists."""
+    lib = fake_alsa.dir / "libasound_module_pcm_failmic_room.so"  # shared with multi_degrade
+    if not lib.is_file():
+        if shutil.which("gcc") is None:
+            pytest.fail("the failmic plugin needs gcc and libasound2-dev")
+        proc = subprocess.run(["gcc", "-O2", "-Wall", "-DPIC", "-fPIC", "-shared", "-o",
+                               str(lib), str(PLUGIN_C), "-lasound"], capture_output=True,
+                              text=True, check=False, timeout=120)
+        if proc.returncode != 0:
+            pytest.fail(f"building {PLUGIN_C.name} failed (needs libasound2-dev):\n"
+                        f"{proc.stderr}")
+    raw = fake_alsa.dir / f"{name}.raw"
+    raw.write_bytes(float_to_pcm(np.atleast_2d(samples), "S16_LE"))
+    gone = fake_alsa.dir / f"{name}.gone"
+    fake_alsa.pcms[name] = (
+        f'pcm_type.failmic {{ lib "{lib}" }}\n'
+        f'pcm.{name} {{ type failmic file "{raw}" fail_file "{gone}" '
+        f'channels {np.atleast_2d(samples).shape[0]} rate {FS} format "S16_LE" wallclock 1 }}')
+    fake_alsa._write_conf()
+    return gone
+
+
+def test_losing_the_loopback_device_keeps_the_daemon_and_holds_the_canceller(
+        fake_alsa, mqtt_broker, mqtt_subscriber, corpus_dir: Path, tmp_path: Path) -> None:
+    """The loopback device is unplugged mid-run (failmic) and plugged back: audio keeps
+    flowing, ``device_lost``/``device_back`` name it with ``"role": "reference"``, its
+    channel is zeros so ``playback_active`` goes false (telemetry and audio), the echo
+    canceller's filter does not move and no echo-path change is reported while it is gone,
+    and after its return the echo is cancelled again (ERLE >= 10 dB)."""
+    mics, far = _looping_echo_scene(corpus_dir, 10.0, 20.0)
+    tag = uuid.uuid4().hex[:6]
+    pcm_mics, pcm_loop = f"room_mics_{tag}", f"room_loop_{tag}"
+    _failmic_pcm(fake_alsa, pcm_mics, mics)
+    unplug = _failmic_pcm(fake_alsa, pcm_loop, far[None, :])
+    cfg = parse_config(_echo_config(f"echo-loss-{tag}", mqtt_broker, {"devices": [
+        {"alsa_device": pcm_mics, "channels": 4, "geometry_rows": [0, 1, 2, 3]},
+        {"alsa_device": pcm_loop, "channels": 1, "role": "reference"}]}), tmp_path)
+    base = cfg.topic_base
+    audio_topic = f"{base}/audio/{cfg.mqtt.audio_stream}"
+    sub = mqtt_subscriber(f"{base}/#")
+
+    def telemetry(after: int = 0) -> list[dict]:
+        return [json.loads(m.payload) for m in sub.messages(f"{base}/telemetry")[after:]]
+
+    def erle_at_least(db: float, after: int = 0):
+        return lambda ms: any((t["echo"]["erle_db"] or 0) >= db for t in telemetry(after))
+
+    service = Service(cfg)
+    service.start()
+    try:
+        sub.wait_for(erle_at_least(10.0), timeout_s=30)
+        echo = service.enhancer.echo
+        changes = echo.path_changes_total
+        unplug.touch()                                             # the loopback goes away
+        lost = json.loads(sub.wait_count(f"{base}/event/device_lost", 1,
+                                         timeout_s=5)[0].payload)
+        n_audio = len(sub.messages(audio_topic))
+        time.sleep(0.8)                      # zeros reach the canceller, playback hold ends
+        w_held = echo.aec._w.copy()
+        n_tel = len(sub.messages(f"{base}/telemetry"))
+        time.sleep(1.2)
+        w_later = echo.aec._w.copy()
+        late = telemetry(n_tel)
+        n_audio_out = len(sub.messages(audio_topic)) - n_audio
+        t_plug_ns = time.monotonic_ns()
+        changes_during = echo.path_changes_total - changes
+        unplug.unlink()                                            # plugged back
+        back = json.loads(sub.wait_count(f"{base}/event/device_back", 1,
+                                         timeout_s=10)[0].payload)
+        n_tel = len(sub.messages(f"{base}/telemetry"))
+        sub.wait_for(lambda ms: sum(1 for t in telemetry(n_tel) if t["echo"]["playback_active"])
+                     >= 3, timeout_s=10)
+        after = telemetry(n_tel)
+    finally:
+        service.request_stop()
+        service.stop(timeout_s=2.0)
+    assert service.fault is None and service.device_errors_total >= 1
+    # named, with its role; not the clock reference
+    assert lost["device"] == pcm_loop and lost["role"] == "reference"
+    assert lost["reference"] is False and lost["geometry_rows"] == []
+    assert back["device"] == pcm_loop and back["role"] == "reference" and back["attempts"] >= 1
+    # the daemon kept publishing audio from the microphones (20 ms chunks) meanwhile
+    assert n_audio_out > 0.6 * 2.0 / 0.020
+    # the canceller saw no playback: once its reference history (one tail) was zeros its
+    # filter stood still (round-off only: the constraint's FFTs) and no path change came
+    moved = float(np.abs(w_later - w_held).max() / np.abs(w_held).max())
+    assert moved < 1e-9, moved
+    assert changes_during == 0
+    assert late and not any(t["echo"]["playback_active"] for t in late), late
+    assert all(t["drift"][pcm_loop]["lock"] == "lost" and not t["drift"][pcm_loop]["up"]
+               for t in late)
+    props = [m.user_properties.get("playback_active") for m in sub.messages(audio_topic)
+             if lost["t_ns"] + 0.8e9 < int(m.user_properties["t_capture_ns"]) < t_plug_ns]
+    assert props and set(props) == {"false"}
+    echo_paths = [json.loads(m.payload) for m in sub.messages(f"{base}/event/echo_path")]
+    assert not [e for e in echo_paths if lost["t_ns"] < e["t_capture_ns"] < t_plug_ns]
+    # back: the rate-only alignment again, the playback seen and cancelled
+    assert after[-1]["drift"][pcm_loop]["lock"] == "rate_only"
+    assert after[-1]["drift"][pcm_loop]["up"] is True
+    assert after[-1]["echo"]["erle_db"] >= 10.0, after
