@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mica.array_dsp.aec import AecParams, EchoCanceller, aec_reference, n_partitions
+from mica.array_dsp.aec import (
+    AecParams,
+    EchoCanceller,
+    aec_reference,
+    n_partitions,
+    uses_full_covariance,
+)
 from mica.array_dsp.errors import MicaError
 from mica.evaluation.echo_scene import make_echo_scene
 from mica.evaluation.metrics import erle_db, si_sdr_db
@@ -76,6 +82,19 @@ def test_kernels_equal_numpy_reference(
     assert np.allclose(got["erle_db"], want["erle_db"], atol=1e-6, equal_nan=True)
     # the filter did something: the echo estimate is far from zero
     assert float(np.abs(got["echo"]).max()) > 0.1
+
+
+def test_full_covariance_only_up_to_its_state_count() -> None:
+    """Beyond ``full_covariance_max_states`` states per bin the diagonal ``P`` is used:
+    the same output as asking for it (``cross_covariance_keep = 0``)."""
+    mic, ref = synthetic(1, 2, 40, HOP)
+    params = AecParams(full_covariance_max_states=20)  # 2 refs x 13 partitions = 26
+    assert uses_full_covariance(params, 1, 13) and not uses_full_covariance(params, 2, 13)
+    got = run(EchoCanceller(1, 2, HOP, FS, params), mic, ref)
+    diag = run(EchoCanceller(1, 2, HOP, FS, AecParams(cross_covariance_keep=0.0)), mic, ref)
+    assert np.array_equal(got["out"], diag["out"])
+    full = run(EchoCanceller(1, 2, HOP, FS, AecParams(full_covariance_max_states=26)), mic, ref)
+    assert not np.allclose(full["out"], diag["out"], atol=1e-4)
 
 
 @pytest.mark.parametrize("case", ["silent_reference", "silent_mic", "both_silent"])
