@@ -95,7 +95,8 @@ class AecParams:
             100x (measured against the true path on the benchmark's measured RIRs) and the
             subtraction left only ``psi_floor`` of the error: a near-end PSD far too small,
             a full-size gain even in bins the reference hardly excites.
-        psi_floor: the near-end PSD estimate is at least this share of the error PSD.
+        psi_floor: the near-end PSD estimate is at least this share of the error PSD (acts
+            only with ``misalignment > 0``).
         psi_flat_floor: ... and at least this share of the error PSD's mean over the bins:
             the error of a block (rectangular half frame) leaks into every bin, so a bin the
             reference hardly excites sees the leaked error of the strong bins, which its
