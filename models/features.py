@@ -11,6 +11,18 @@ Features per frame and stream (e.g. the beam output, optionally a noise referenc
 mean ``mu <- a mu + (1 - a) l`` (``a = NORM_ALPHA``, about 1 s), started at the first frame's
 value. The first half is level-independent (what stands out of the long-term spectrum),
 the second tells the absolute level.
+
+Extended features (``extended=True``, bundles whose card says ``"features": "ext"``), three
+more per band and stream, appended after every stream's two base blocks:
+
+- noise-floor SNR ``(l_b - n_b) / 4``: ``n_b`` is a minimum tracker on the smoothed log energy
+  ``s <- FLOOR_SMOOTH s + (1 - FLOOR_SMOOTH) l`` (``s`` starts at the first frame's ``l``),
+  ``n <- min(s, n + FLOOR_RISE)`` (rises at most ~6 dB/s; minimum statistics, Martin 2001,
+  in its simplest recursive form); the level above the noise floor (a posteriori SNR);
+- temporal delta ``(l_b(t) - l_b(t - 1)) / 4`` (0 at the first frame): onsets, clicks;
+- in-band spectral flatness ``(ln(sum_k w P_k / W) - sum_k w ln(P_k + EPS) / W - 0.6) / 2``
+  with ``W = sum_k w_bk`` (>= 0 by Jensen; about 0.58 for Gaussian noise over many bins, larger
+  for harmonic speech): tells voiced speech from broadband noise and transients.
 """
 
 from __future__ import annotations
@@ -22,6 +34,10 @@ import numpy as np
 EPS = 1e-9
 NORM_ALPHA = 0.99
 FEATS_PER_BAND = 2
+EXT_FEATS_PER_BAND = 3
+FLOOR_SMOOTH = 0.6
+FLOOR_RISE = 0.0138  # ln units per 10 ms frame = 6 dB/s
+FLAT_OFFSET = 0.6
 
 
 def erb_rate(f_hz: np.ndarray | float) -> np.ndarray | float:
@@ -60,15 +76,23 @@ def erb_weights(n_bins: int = 161, fs_hz: float = 16000.0, n_bands: int = 32) ->
     return w.astype(np.float32)
 
 
-def features_reference(spectra: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def feats_per_band(extended: bool) -> int:
+    return FEATS_PER_BAND + (EXT_FEATS_PER_BAND if extended else 0)
+
+
+def features_reference(
+    spectra: np.ndarray, weights: np.ndarray, extended: bool = False
+) -> np.ndarray:
     """Whole-signal features: spectra ``(n_streams, n_frames, n_bins)`` complex ->
-    ``(n_frames, n_streams * n_bands * 2)`` float32 (stream-major, then the normalised
-    block, then the absolute block)."""
+    ``(n_frames, n_streams * n_bands * F)`` float32, ``F`` = 2 (5 with ``extended``): first
+    every stream's base blocks (stream-major: the normalised block, then the absolute
+    block), then, when extended, every stream's noise-floor, delta and flatness blocks."""
     import scipy.signal
 
     n_streams, n_frames, _ = spectra.shape
     power = np.abs(spectra.astype(np.complex128)) ** 2
-    energies = power @ weights.astype(np.float64).T  # (n_streams, n_frames, n_bands)
+    w64 = weights.astype(np.float64)
+    energies = power @ w64.T  # (n_streams, n_frames, n_bands)
     logs = np.log(energies + EPS)
     a = NORM_ALPHA
     out = []
@@ -77,6 +101,22 @@ def features_reference(spectra: np.ndarray, weights: np.ndarray) -> np.ndarray:
         mu, _ = scipy.signal.lfilter([1.0 - a], [1.0, -a], lg, axis=0, zi=a * lg[:1])
         out.append((lg - mu) / 4.0)
         out.append((lg + 10.0) / 5.0)
+    if extended:
+        wsum = w64.sum(1)
+        for s in range(n_streams):
+            lg = logs[s]
+            sm, _ = scipy.signal.lfilter(
+                [1.0 - FLOOR_SMOOTH], [1.0, -FLOOR_SMOOTH], lg, axis=0, zi=FLOOR_SMOOTH * lg[:1]
+            )
+            floor = np.empty_like(lg)
+            n = sm[0]
+            for t in range(n_frames):
+                n = np.minimum(sm[t], n + FLOOR_RISE)
+                floor[t] = n
+            delta = np.diff(lg, axis=0, prepend=lg[:1])
+            mean_log = np.log(power[s] + EPS) @ w64.T / wsum
+            flat = np.log(energies[s] / wsum + EPS) - mean_log
+            out += [(lg - floor) / 4.0, delta / 4.0, (flat - FLAT_OFFSET) / 2.0]
     return np.concatenate(out, axis=1).astype(np.float32)
 
 

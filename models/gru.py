@@ -31,7 +31,15 @@ import numpy as np
 from mica.array_dsp.errors import MicaError
 from mica.array_dsp.jit import kernel
 from mica.array_dsp.validate import check_array
-from mica.models.features import EPS, NORM_ALPHA, features_reference
+from mica.models.features import (
+    EPS,
+    FLAT_OFFSET,
+    FLOOR_RISE,
+    FLOOR_SMOOTH,
+    NORM_ALPHA,
+    feats_per_band,
+    features_reference,
+)
 
 DEFAULT_BUNDLE = "denoiser-v1"
 WEIGHT_NAMES = ("dense_w", "dense_b", "gru1_wi", "gru1_wh", "gru1_bi", "gru1_bh",
@@ -57,6 +65,11 @@ class Bundle:
     @property
     def n_streams(self) -> int:
         return int(self.card["n_streams"])
+
+    @property
+    def extended(self) -> bool:
+        """Whether the model takes the extended features (card ``"features": "ext"``)."""
+        return self.card.get("features", "base") == "ext"
 
 
 def default_bundle_path() -> Path:
@@ -88,7 +101,10 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     a = arrays
     n_bands, n_bins = a["erb_w"].shape
     hidden = a["gru1_wh"].shape[1]
-    n_in = 2 * n_bands * int(card["n_streams"])
+    if card.get("features", "base") not in ("base", "ext"):
+        raise BundleError(f"{npz}: card 'features' must be 'base' or 'ext', "
+                          f"not {card['features']!r}")
+    n_in = feats_per_band(card.get("features") == "ext") * n_bands * int(card["n_streams"])
     want = {"dense_w": (a["dense_w"].shape[0], n_in), "gru1_wh": (3 * hidden, hidden),
             "gru2_wi": (3 * hidden, hidden), "gru2_wh": (3 * hidden, hidden),
             "out_w": (n_bands, 2 * hidden)}
@@ -104,13 +120,16 @@ def count_params(arrays: dict[str, np.ndarray]) -> int:
 
 
 def count_macs_per_frame(arrays: dict[str, np.ndarray], n_streams: int) -> int:
-    """Multiply-accumulates per frame, as the kernel does them (features, net, gains)."""
+    """Multiply-accumulates per frame, as the kernel does them (features, net, gains; the
+    extended features, when ``dense_w`` takes them, add one weighted log per band bin)."""
     w = arrays["erb_w"]
     nz = int(np.count_nonzero(w))
     n_dense, n_in = arrays["dense_w"].shape
     h = arrays["gru1_wh"].shape[1]
     net = n_dense * n_in + 3 * h * (n_dense + h) + 3 * h * 2 * h + w.shape[0] * 2 * h
-    return int(n_streams * (2 * w.shape[1] + nz) + net + nz + w.shape[1])
+    ext = n_in > 2 * w.shape[0] * n_streams
+    feats = n_streams * (2 * w.shape[1] + nz + (nz if ext else 0))
+    return int(feats + net + nz + w.shape[1])
 
 
 # --- kernel --------------------------------------------------------------------------------
@@ -159,6 +178,7 @@ def gru_denoiser_kernel(
     gru2_wi: np.ndarray, gru2_wh: np.ndarray, gru2_bi: np.ndarray, gru2_bh: np.ndarray,
     out_w: np.ndarray, out_b: np.ndarray, norm_alpha: float, gain_floor: float,
     mu: np.ndarray, started: np.ndarray, h1: np.ndarray, h2: np.ndarray,
+    smooth: np.ndarray, floor: np.ndarray, prev: np.ndarray, wsum: np.ndarray,
     feat: np.ndarray, dense: np.ndarray, gi: np.ndarray, gh: np.ndarray, hcat: np.ndarray,
     band_gain: np.ndarray, bin_gain: np.ndarray, out: np.ndarray,
 ) -> None:
@@ -166,24 +186,50 @@ def gru_denoiser_kernel(
 
     Every weight matrix is passed transposed (``(n_in, n_out)``, see :func:`_matvec_t`).
 
-    State: ``mu (n_streams, n_bands)``, ``started (1,)`` int64, ``h1, h2 (H,)``; scratch:
+    State: ``mu (n_streams, n_bands)``, ``started (1,)`` int64, ``h1, h2 (H,)``; for the
+    extended features (when ``feat`` is longer than the base features) also ``smooth``,
+    ``floor``, ``prev (n_streams, n_bands)`` (see :mod:`mica.models.features`) with
+    ``wsum (n_bands,)`` the band weight sums; scratch:
     ``feat (n_in,)``, ``dense (n_dense,)``, ``gi, gh (3H,)``, ``hcat (2H,)``; outputs
     ``band_gain (n_bands,)``, ``bin_gain (n_bins,)`` (unfloored: the speech mask), ``out``.
     """
     n_streams, n_bins = spec.shape
     n_bands = erb_w.shape[0]
     first = started[0] == 0
+    n_base = 2 * n_bands * n_streams
+    ext = feat.shape[0] > n_base
     for s in range(n_streams):
         for b in range(n_bands):
             e = 0.0
+            ml = 0.0
             for k in range(band_lo[b], band_hi[b]):
                 v = spec[s, k]
-                e += erb_w[b, k] * (float(v.real) * float(v.real) + float(v.imag) * float(v.imag))
+                pk = float(v.real) * float(v.real) + float(v.imag) * float(v.imag)
+                e += erb_w[b, k] * pk
+                if ext:
+                    ml += erb_w[b, k] * math.log(pk + EPS)
             lg = math.log(e + EPS)
             m = lg if first else norm_alpha * mu[s, b] + (1.0 - norm_alpha) * lg
             mu[s, b] = np.float32(m)
             feat[s * 2 * n_bands + b] = np.float32((lg - m) / 4.0)
             feat[s * 2 * n_bands + n_bands + b] = np.float32((lg + 10.0) / 5.0)
+            if ext:
+                if first:
+                    sm = lg
+                    fl = lg
+                    dl = 0.0
+                else:
+                    sm = FLOOR_SMOOTH * smooth[s, b] + (1.0 - FLOOR_SMOOTH) * lg
+                    fl = min(sm, floor[s, b] + FLOOR_RISE)
+                    dl = lg - prev[s, b]
+                smooth[s, b] = np.float32(sm)
+                floor[s, b] = np.float32(fl)
+                prev[s, b] = np.float32(lg)
+                flat = math.log(e / wsum[b] + EPS) - ml / wsum[b]
+                base = n_base + s * 3 * n_bands
+                feat[base + b] = np.float32((lg - fl) / 4.0)
+                feat[base + n_bands + b] = np.float32(dl / 4.0)
+                feat[base + 2 * n_bands + b] = np.float32((flat - FLAT_OFFSET) / 2.0)
     started[0] = 1
     _matvec_t(dense_w, feat, dense_b, dense)
     for j in range(dense.shape[0]):
@@ -244,7 +290,7 @@ def gru_reference(spectra: np.ndarray, bundle: Bundle) -> tuple[np.ndarray, np.n
     complex64, band gains (n_frames, n_bands) float32)``.
     """
     a = bundle.arrays
-    band = net_reference(features_reference(spectra, a["erb_w"]), a)
+    band = net_reference(features_reference(spectra, a["erb_w"], bundle.extended), a)
     floor = 10.0 ** (float(bundle.card["gain_floor_db"]) / 20.0)
     g = np.maximum(band @ a["erb_w"].astype(np.float64), floor)
     return (spectra[0] * g).astype(np.complex64), band.astype(np.float32)
@@ -282,12 +328,16 @@ class GruDenoiser:
         self._lo = np.array([int(np.argmax(r)) for r in nz], np.int64)
         self._hi = np.array([len(r) - int(np.argmax(r[::-1])) for r in nz], np.int64)
         floor_db = float(card["gain_floor_db"] if gain_floor_db is None else gain_floor_db)
-        self._floor = 10.0 ** (floor_db / 20.0)
+        self._gain_floor = 10.0 ** (floor_db / 20.0)
         n_bands = erb.shape[0]
         hidden = a["gru1_wh"].shape[1]
         self._in = np.zeros((self.n_streams, n_bins), np.complex64)
         self._mu = np.zeros((self.n_streams, n_bands), np.float32)
         self._started = np.zeros(1, np.int64)
+        self._smooth = np.zeros((self.n_streams, n_bands), np.float32)
+        self._noise_floor = np.zeros((self.n_streams, n_bands), np.float32)
+        self._prev = np.zeros((self.n_streams, n_bands), np.float32)
+        self._wsum = erb.sum(1).astype(np.float32)
         self._h1 = np.zeros(hidden, np.float32)
         self._h2 = np.zeros(hidden, np.float32)
         self._feat = np.zeros(a["dense_w"].shape[1], np.float32)
@@ -319,14 +369,16 @@ class GruDenoiser:
                 raise BundleError(f"{self.bundle.path}: array-input model needs noise_ref")
             self._in[1] = check_array(noise_ref, "noise_ref", (self.n_bins,), np.complex64)
         gru_denoiser_kernel(self._in, self._erb, self._lo, self._hi, *self._w, NORM_ALPHA,
-                            self._floor, self._mu, self._started, self._h1, self._h2,
+                            self._gain_floor, self._mu, self._started, self._h1, self._h2,
+                            self._smooth, self._noise_floor, self._prev, self._wsum,
                             self._feat, self._dense, self._gi, self._gh, self._hcat,
                             self.band_gain, self.speech_mask, self._out)
         return self._out
 
     def reset(self) -> None:
         """Back to the state before the first frame."""
-        for arr in (self._mu, self._h1, self._h2, self.band_gain, self.speech_mask):
+        for arr in (self._mu, self._h1, self._h2, self.band_gain, self.speech_mask,
+                    self._smooth, self._noise_floor, self._prev):
             arr.fill(0.0)
         self._started.fill(0)
 

@@ -101,6 +101,62 @@ def fan_hvac(rng: np.random.Generator, n: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def transients(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Impulsive noise: keyboard-like clicks (press + release 40-150 ms apart), knocks and
+    clatter (damped resonances at 0.3-6 kHz), 1-15 events per second, over a faint coloured
+    floor."""
+    out = _colored(rng, n, rng.uniform(-6, 0)) * rng.uniform(0.0, 0.05)
+    rate_hz = rng.uniform(1, 15)
+    n_events = int(rng.poisson(rate_hz * n / FS)) + 1
+    kind = int(rng.integers(3))  # 0 clicks, 1 clatter, 2 both
+    for _ in range(n_events):
+        at = int(rng.integers(0, n))
+        amp = math.exp(rng.normal(0.0, 0.7))
+        if kind == 0 or (kind == 2 and rng.random() < 0.5):
+            for start in (at, at + int(rng.uniform(0.04, 0.15) * FS)):
+                m = int(rng.uniform(0.002, 0.02) * FS)
+                burst = rng.standard_normal(m) * np.exp(-np.arange(m) / (0.2 * m))
+                sos = scipy.signal.butter(2, sorted(rng.uniform(300, 7500, 2)) if
+                                          rng.random() < 0.7 else [200, 7900], "band",
+                                          fs=FS, output="sos")
+                burst = scipy.signal.sosfilt(sos, burst) * amp
+                e = min(n, start + m)
+                if start < n:
+                    out[start:e] += burst[: e - start]
+                amp *= rng.uniform(0.3, 1.0)
+        else:
+            m = int(rng.uniform(0.03, 0.3) * FS)
+            t = np.arange(m) / FS
+            ring = sum(rng.uniform(0.2, 1) * np.sin(2 * np.pi * rng.uniform(300, 6000) * t)
+                       * np.exp(-t / rng.uniform(0.01, 0.1))
+                       for _ in range(int(rng.integers(1, 5))))
+            e = min(n, at + m)
+            out[at:e] += amp * ring[: e - at]
+    return out.astype(np.float32)
+
+
+def modulated(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Coloured noise (random tilt -9..+3 dB/oct) with amplitude modulation (0.2-8 Hz, depth
+    up to 90 %, sine or random steps) and sometimes a mains-hum series (50/60 Hz x 1-8)."""
+    x = _colored(rng, n, rng.uniform(-9, 3))
+    t = np.arange(n) / FS
+    depth = rng.uniform(0.3, 0.9)
+    if rng.random() < 0.5:
+        env = 1 + depth * np.sin(2 * np.pi * rng.uniform(0.2, 8) * t + rng.uniform(0, 6.3))
+    else:
+        seg = int(rng.uniform(0.05, 0.5) * FS)
+        steps = rng.uniform(1 - depth, 1 + depth, n // seg + 2)
+        env = np.repeat(steps, seg)[:n]
+        env = scipy.signal.lfilter([0.01], [1, -0.99], env, zi=[0.99 * env[0]])[0]
+    x = x * env
+    if rng.random() < 0.3:
+        f0 = 50.0 if rng.random() < 0.5 else 60.0
+        hum = sum(rng.uniform(0, 1) / k * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3))
+                  for k in range(1, int(rng.integers(2, 9))))
+        x = x + rng.uniform(0.2, 2) * hum / (np.std(hum) + 1e-9) * np.std(x)
+    return x.astype(np.float32)
+
+
 def babble(rng: np.random.Generator, n: int, speech: list[np.ndarray]) -> np.ndarray:
     out = np.zeros(n, np.float32)
     for _ in range(int(rng.integers(3, 9))):
@@ -175,13 +231,32 @@ def _reverb(rng: np.random.Generator, x: np.ndarray, rir: np.ndarray) -> tuple[n
     return wet.astype(np.float32), tgt.astype(np.float32)
 
 
+def _noise_v3(rng: np.random.Generator, src: Sources, n: int) -> np.ndarray:
+    """The ``v3`` noise menu: corpus 35 %, car 12 %, fan 10 %, babble 15 %, transients
+    15 %, modulated coloured noise/hum 13 %."""
+    u = rng.random()
+    if u < 0.35:
+        return _segment(rng, src.noises[int(rng.integers(len(src.noises)))], n)
+    if u < 0.47:
+        return car_cabin(rng, n)
+    if u < 0.57:
+        return fan_hvac(rng, n)
+    if u < 0.72:
+        return babble(rng, n, src.speech)
+    if u < 0.87:
+        return transients(rng, n)
+    return modulated(rng, n)
+
+
 def make_example(rng: np.random.Generator, src: Sources, n_samples: int,
-                 p_clean: float = 0.05, p_high_snr: float = 0.0
+                 p_clean: float = 0.05, p_high_snr: float = 0.0, noise_set: str = "v1"
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One ``(noisy, target)`` pair of ``n_samples`` float32 each.
 
     ``p_clean``: share of clean-only examples (target = input: do no harm); ``p_high_snr``:
     share of examples at 20-40 dB SNR (the rest -5..20 dB); 5 % are noise only.
+    ``noise_set``: ``v1`` (corpus, car, fan, babble) or ``v3`` (:func:`_noise_v3`, plus a
+    second noise 0-15 dB weaker in 30 % of the examples).
     """
     n = n_samples
     speech = src.speech[int(rng.integers(len(src.speech)))]
@@ -194,7 +269,13 @@ def make_example(rng: np.random.Generator, src: Sources, n_samples: int,
             else synthetic_rir(rng)
         s, target = _reverb(rng, s, rir)
     u = rng.random()
-    if u < 0.45:
+    if noise_set == "v3":
+        noise = _noise_v3(rng, src, n)
+        if rng.random() < 0.3:
+            other = _noise_v3(rng, src, n)
+            noise = noise / (np.std(noise) + 1e-9) + other / (np.std(other) + 1e-9) \
+                * 10 ** (-rng.uniform(0, 15) / 20)
+    elif u < 0.45:
         noise = _segment(rng, src.noises[int(rng.integers(len(src.noises)))], n)
     elif u < 0.65:
         noise = car_cabin(rng, n)
@@ -225,16 +306,16 @@ def make_example(rng: np.random.Generator, src: Sources, n_samples: int,
 
 
 def make_batch(seed: int, step: int, src: Sources, batch: int, n_frames: int,
-               weights: np.ndarray, p_clean: float = 0.05, p_high_snr: float = 0.0
-               ) -> dict[str, np.ndarray]:
+               weights: np.ndarray, p_clean: float = 0.05, p_high_snr: float = 0.0,
+               extended: bool = False, noise_set: str = "v1") -> dict[str, np.ndarray]:
     """Features ``(B, T, F)``, noisy and target magnitudes ``(B, T, n_bins)``."""
     rng = np.random.default_rng([seed, step])
     feats, ymag, smag = [], [], []
     for _ in range(batch):
-        noisy, target = make_example(rng, src, n_frames * HOP, p_clean, p_high_snr)
+        noisy, target = make_example(rng, src, n_frames * HOP, p_clean, p_high_snr, noise_set)
         y = stft_reference(noisy[None], HOP)[:, 0]
         s = stft_reference(target[None], HOP)[:, 0]
-        feats.append(features_reference(y[None], weights))
+        feats.append(features_reference(y[None], weights, extended))
         ymag.append(np.abs(y))
         smag.append(np.abs(s))
     return {"feats": np.stack(feats), "ymag": np.stack(ymag).astype(np.float32),

@@ -20,7 +20,7 @@ import torch
 
 from mica.array_dsp.stft import stft_reference
 from mica.models import split
-from mica.models.features import NORM_ALPHA, erb_weights, features_reference
+from mica.models.features import NORM_ALPHA, erb_weights, feats_per_band, features_reference
 from mica.models.gru import count_macs_per_frame, count_params
 from mica.models.train.net import BandGainNet
 
@@ -39,10 +39,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], n_bands: int = 32) -> BandGainNe
 
 
 def reference_pair(model: BandGainNet, weights: np.ndarray, seed: int = 7,
-                   n_frames: int = 120) -> dict[str, np.ndarray]:
+                   n_frames: int = 120, extended: bool = False) -> dict[str, np.ndarray]:
     """A deterministic noisy input (tone bursts in coloured noise), its features and the
     torch model's band gains for it."""
-    n_streams = model.n_in // (2 * weights.shape[0])
+    n_streams = model.n_in // (feats_per_band(extended) * weights.shape[0])
     rng = np.random.default_rng(seed)
     n = n_frames * HOP
     t = np.arange(n) / FS
@@ -50,7 +50,7 @@ def reference_pair(model: BandGainNet, weights: np.ndarray, seed: int = 7,
     sig[0] += 0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
     spectra = np.stack([stft_reference(sig[s:s + 1].astype(np.float32), HOP)[:, 0]
                         for s in range(n_streams)])
-    feats = features_reference(spectra, weights)
+    feats = features_reference(spectra, weights, extended)
     with torch.no_grad():
         gains = model(torch.from_numpy(feats)[None])[0].numpy()
     return {"spectra": spectra.astype(np.complex64), "feats": feats,
@@ -61,7 +61,7 @@ def training_command(args: dict[str, Any]) -> str:
     """The ``train`` command line that reproduces a checkpoint, from its stored arguments."""
     parts = ["nice -n 19 python -m mica.models.train.train"]
     for key in ("out", "init", "seed", "steps", "minutes", "batch", "frames", "lr", "threads",
-                "p_clean", "p_high_snr", "harm_weight"):
+                "p_clean", "p_high_snr", "harm_weight", "features", "noise_set"):
         if args.get(key) is not None:
             parts.append(f"--{key.replace('_', '-')} {args[key]}")
     return " ".join(parts)
@@ -73,18 +73,21 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
     weights = erb_weights()
     model = model_from_checkpoint(ckpt, weights.shape[0])
     arrays = model.to_arrays() | {"erb_w": weights}
-    n_streams = model.n_in // (2 * weights.shape[0])
+    args = ckpt.get("args", {})
+    extended = args.get("features", "base") == "ext"
+    n_streams = model.n_in // (feats_per_band(extended) * weights.shape[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     npz = out_dir / f"{name}.npz"
     np.savez_compressed(npz, **arrays)
     macs = count_macs_per_frame(arrays, n_streams)
-    args = ckpt.get("args", {})
+    feat_text = ("log ERB energies (running-mean normalised + absolute) per stream"
+                 + (" + noise-floor SNR, temporal delta, in-band flatness" if extended else ""))
     card = {
         "name": name,
         "version": version,
-        "architecture": "ERB-band gains: Linear(n_in,64)+tanh, GRU(64,80), GRU(80,80), "
-                        "Linear(160,32)+sigmoid; features = log ERB energies (running-mean "
-                        "normalised + absolute) per stream",
+        "architecture": f"ERB-band gains: Linear({model.n_in},64)+tanh, GRU(64,80), "
+                        f"GRU(80,80), Linear(160,32)+sigmoid; features = {feat_text}",
+        "features": "ext" if extended else "base",
         "n_params": count_params(arrays),
         "macs_per_frame": macs,
         "macs_per_s": macs * FS // HOP,
@@ -111,7 +114,9 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
                           "ami clip + espeak-ng utterances (16 voices x 12 variants, "
                           f"{args.get('n_espeak')} clips)",
                 "noise": "corpus/noise (training side of mica.models.split) + synthesized "
-                         "car cabin, fan/HVAC, babble",
+                         "car cabin, fan/HVAC, babble"
+                         + (", transients (clicks, clatter), AM-modulated coloured noise and "
+                            "hum, two-noise mixtures" if args.get("noise_set") == "v3" else ""),
                 "rir": "corpus/rir (7) + synthetic exponential RIRs (RT60 0.15-0.8 s), p=0.5",
                 "snr_db": [-5, 20],
                 "share_clean_only": args.get("p_clean", 0.05),
@@ -125,7 +130,8 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
         "metrics": metrics or {},
     }
     npz.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    np.savez_compressed(out_dir / f"{name}-reference.npz", **reference_pair(model, weights))
+    np.savez_compressed(out_dir / f"{name}-reference.npz",
+                        **reference_pair(model, weights, extended=extended))
     return npz
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mica.models.features import erb_weights
+from mica.models.features import erb_weights, feats_per_band
 from mica.models.train.data import Sources, make_batch
 from mica.models.train.net import BandGainNet
 
@@ -66,9 +66,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of examples at 20-40 dB SNR instead of -5..20 dB")
     ap.add_argument("--harm-weight", type=float, default=0.5,
                     help="weight of the over-suppression penalty (bands with ideal gain > 0.5)")
+    ap.add_argument("--features", choices=("base", "ext"), default="base",
+                    help="base: 2 features per band; ext: + noise-floor SNR, delta, flatness "
+                         "(mica.models.features)")
+    ap.add_argument("--noise-set", choices=("v1", "v3"), default="v1",
+                    help="v3 adds transients, modulated noise/hum and two-noise mixtures")
     ap.add_argument("--init", type=Path,
                     help="start from this checkpoint's model weights (fresh optimizer and "
-                         "schedule); ignored when OUT/last.pt exists (resume)")
+                         "schedule; a base-feature model initialises an ext one with zero "
+                         "weights on the new inputs); ignored when OUT/last.pt exists")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -78,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = erb_weights()
     n_bands = weights.shape[0]
-    model = BandGainNet(n_in=2 * n_bands, n_bands=n_bands)
+    extended = args.features == "ext"
+    model = BandGainNet(n_in=feats_per_band(extended) * n_bands, n_bands=n_bands)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 1 - s / args.steps))
@@ -92,14 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         step = ck["step"]
         log.info("resumed from %s at step %d", last, step)
     elif args.init is not None:
-        model.load_state_dict(torch.load(args.init, weights_only=False)["model"])
+        sd = torch.load(args.init, weights_only=False)["model"]
+        w_in = sd["dense.weight"]
+        if w_in.shape[1] < model.n_in:  # new input columns start at zero: same outputs
+            sd["dense.weight"] = torch.cat(
+                [w_in, torch.zeros(w_in.shape[0], model.n_in - w_in.shape[1])], dim=1)
+        model.load_state_dict(sd)
         log.info("initialised from %s", args.init)
     log.info("model: %d parameters", model.n_params())
     src = Sources.load(args.corpus, args.out / "espeak", args.n_espeak, args.seed)
     w_t = torch.from_numpy(weights)
     val = {k: torch.from_numpy(v) for k, v in
            make_batch(args.seed + 999, 0, src, 32, args.frames, weights,
-                                args.p_clean, args.p_high_snr).items()}
+                      args.p_clean, args.p_high_snr, extended, args.noise_set).items()}
     ema = None
     best_val = float("inf")
     if (args.out / "best.pt").exists():
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     def fresh(k: int) -> dict[str, np.ndarray]:
         if k not in pool:
             pool[k] = make_batch(args.seed, k, src, args.batch, args.frames, weights,
-                                 args.p_clean, args.p_high_snr)
+                                 args.p_clean, args.p_high_snr, extended, args.noise_set)
             for old in [j for j in pool if j <= k - args.pool]:
                 del pool[old]
         return pool[k]

@@ -73,8 +73,8 @@ def test_numba_matches_stored_torch_output(path: Path) -> None:
     """The pair was written by ``mica.models.train.export`` from the torch model."""
     bundle = load_bundle(path)
     ref = np.load(path.with_name(f"{path.stem}-reference.npz"))
-    np.testing.assert_allclose(features_reference(ref["spectra"], bundle.arrays["erb_w"]),
-                               ref["feats"], atol=1e-5)
+    np.testing.assert_allclose(features_reference(ref["spectra"], bundle.arrays["erb_w"],
+                                                  bundle.extended), ref["feats"], atol=1e-5)
     _, gains = run_kernel(GruDenoiser(bundle, 161), ref["spectra"])
     np.testing.assert_allclose(gains, ref["band_gains"], atol=1e-4)
 
@@ -106,37 +106,46 @@ def test_numba_matches_live_torch(bundle) -> None:
     np.testing.assert_allclose(gains, want, atol=1e-4)
 
 
-def random_bundle(tmp_path: Path, n_streams: int, seed: int = 0):
-    """A bundle with random weights (no torch needed) of ``n_streams`` inputs."""
+def random_bundle(tmp_path: Path, n_streams: int, seed: int = 0, extended: bool = False):
+    """A bundle with random weights (no torch needed) of ``n_streams`` inputs (base or
+    extended features)."""
     rng = np.random.default_rng(seed)
     w = erb_weights()
-    n_in, d, h, nb = 2 * 32 * n_streams, 16, 12, 32
+    n_in, d, h, nb = (5 if extended else 2) * 32 * n_streams, 16, 12, 32
     shapes = {"dense_w": (d, n_in), "dense_b": (d,), "gru1_wi": (3 * h, d),
               "gru1_wh": (3 * h, h), "gru1_bi": (3 * h,), "gru1_bh": (3 * h,),
               "gru2_wi": (3 * h, h), "gru2_wh": (3 * h, h), "gru2_bi": (3 * h,),
               "gru2_bh": (3 * h,), "out_w": (nb, 2 * h), "out_b": (nb,)}
     arrays = {k: (0.5 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
-    path = tmp_path / f"rand{n_streams}.npz"
+    path = tmp_path / f"rand{n_streams}{'ext' if extended else ''}.npz"
     np.savez(path, erb_w=w, **arrays)
     path.with_suffix(".json").write_text(json.dumps(
         {"version": "test", "n_streams": n_streams, "n_bands": 32, "n_bins": 161,
-         "gain_floor_db": -25.0}))
+         "gain_floor_db": -25.0, "features": "ext" if extended else "base"}))
     return load_bundle(path)
 
 
+@pytest.mark.parametrize("extended", (False, True), ids=("base", "ext"))
 @pytest.mark.parametrize("n_streams", (1, 2))
-def test_numba_matches_numpy_reference(tmp_path: Path, n_streams: int) -> None:
-    b = random_bundle(tmp_path, n_streams)
+def test_numba_matches_numpy_reference(tmp_path: Path, n_streams: int, extended: bool) -> None:
+    b = random_bundle(tmp_path, n_streams, extended=extended)
     rng = np.random.default_rng(n_streams)
     x = (0.05 * rng.standard_normal((n_streams, 60 * 160))).astype(np.float32)
     x[0, 3000:6000] += np.sin(np.arange(3000) * 0.2).astype(np.float32)
+    x[:, 7000:7040] += 0.8  # a click: the delta feature jumps
+    x[:, 8000:] *= 0.01  # a 40 dB level drop: the noise floor follows it down
     spectra = np.stack([stft_reference(x[s:s + 1], 160)[:, 0] for s in range(n_streams)])
     out, gains = run_kernel(GruDenoiser(b, 161), spectra)
     ref_out, ref_gains = gru_reference(spectra, b)
     np.testing.assert_allclose(gains, ref_gains, atol=1e-5)
     np.testing.assert_allclose(out, ref_out, atol=1e-5 * np.abs(ref_out).max())
-    np.testing.assert_allclose(net_reference(features_reference(spectra, b.arrays["erb_w"]),
-                                             b.arrays), ref_gains, atol=1e-6)
+    feats = features_reference(spectra, b.arrays["erb_w"], extended)
+    assert feats.shape == (spectra.shape[1], (5 if extended else 2) * 32 * n_streams)
+    np.testing.assert_allclose(net_reference(feats, b.arrays), ref_gains, atol=1e-6)
+    pf = GruDenoiser(b, 161)
+    for t in range(spectra.shape[1]):  # the kernel's features are the reference's
+        pf.process(spectra[0, t], spectra[1, t] if n_streams > 1 else None)
+        np.testing.assert_allclose(pf._feat, feats[t], atol=1e-5)
 
 
 def test_process_reuses_buffers_and_reset_restarts(bundle) -> None:
