@@ -44,7 +44,10 @@ signal as the microphones, so it gets no offset search: its compensator is rate-
 the first blocks' capture times (physical time lines up; the echo canceller's bulk-delay
 tracker absorbs the playback buffering), the drift from the ALSA-timestamp rate ratio
 (:meth:`_RateMeter.fit`: least-squares line of frames over capture time, its standard
-error; updated every :data:`RATE_ONLY_UPDATE_S`), so the loopback never jumps. Lost, it
+error; updated every :data:`RATE_ONLY_UPDATE_S`), so the loopback does not jump. Its read
+position is checked against both devices' timestamp lines at each update and moved onto
+them when more than :data:`RESYNC_S` off (after a reference overrun, or blocks a full
+queue dropped: counted from ``seq``), so physical time stays lined up. Lost, it
 degrades like any non-reference device (zeros: the canceller sees no playback and holds
 its filter; reopened with backoff; ``device_lost``/``device_back`` with ``"role":
 "reference"``).
@@ -63,6 +66,7 @@ import numpy as np
 
 from mica.array_dsp.drift import DriftCompensator, DriftEvent, DriftSettings, warmup_kernels
 from mica.array_dsp.errors import DeviceError, MicaError
+from mica.array_dsp.resample import FRAC_ONE
 from mica.array_dsp.steering import SOUND_SPEED_M_S, far_field_delays_s
 from mica.device.block import Block, Source
 from mica.device.ring import DropOldestQueue
@@ -87,8 +91,18 @@ ROLES = (ROLE_MICS, ROLE_REFERENCE)
 RATE_ONLY_MIN_S = 0.5
 """Seconds of timestamps before a rate-only device's rate is used (its timestamps' line fit
 is good to a few ppm after a second on the fake devices: 18 us jitter)."""
+TIMESTAMP_OUTLIER_S = 0.02
+"""A block's capture time this far (s) from its device's timestamp line is left out of it."""
+TIMESTAMP_OUTLIER_MIN_S = 0.25
+"""Seconds of line before outliers are looked for."""
+TIMESTAMP_OUTLIER_RUN = 50
+"""Outliers in a row that restart the line (the stream shifted for good)."""
 RATE_ONLY_UPDATE_S = 0.25
 """How often a rate-only device's resampling rate follows its timestamp fit."""
+RESYNC_S = 1e-3
+"""A rate-only device whose read position is this far (s) from where the two devices'
+timestamp lines put it (a reference overrun, blocks dropped, a stream restart) is moved
+there at once; below, the rate alone keeps it (the lines' own error is microseconds)."""
 
 
 @dataclass
@@ -117,25 +131,48 @@ def clock_reference_index(devices: list[Any]) -> int:
 
 
 class _RateMeter:
-    """A device's frame rate against CLOCK_MONOTONIC from its blocks' capture times."""
+    """A device's frame rate against CLOCK_MONOTONIC from its blocks' capture times.
+
+    Frames are counted from the first block (gaps included); the line of frame index over
+    capture time leaves out timestamps more than :data:`TIMESTAMP_OUTLIER_S` off it (a
+    stream restarting after an overrun can report one far off), and starts again from the
+    current block after :data:`TIMESTAMP_OUTLIER_RUN` of them in a row (the stream shifted;
+    frames keep counting)."""
 
     def __init__(self) -> None:
         self.t0_ns: int | None = None
         self.frames = 0
         self.t_last_ns = 0
         self.frames_last = 0
+        """Frame index of the newest block's first frame."""
+        self.outliers_total = 0
+        self._f0 = 0  # frame index at t0 (the line's first point)
+        self._f_fit_last = 0  # frame index of the newest point on the line
+        self._run = 0
         self._sums = np.zeros(6, np.float64)  # n, sum t, sum f, sum t^2, sum t f, sum f^2
 
-    def add(self, block: Block) -> None:
+    def add(self, block: Block, dropped_frames: int = 0) -> None:
+        """Count ``block`` (after its ``gap_frames`` and ``dropped_frames`` lost ones)."""
         if self.t0_ns is None:
             self.t0_ns = block.t_capture_ns
             self.frames = 0
-        self.frames += block.gap_frames
-        self.t_last_ns = block.t_capture_ns
+        self.frames += block.gap_frames + dropped_frames
         self.frames_last = self.frames
         self.frames += block.n_samples
-        t = (block.t_capture_ns - self.t0_ns) / _NS
         f = float(self.frames_last)
+        line = self._line(TIMESTAMP_OUTLIER_MIN_S)
+        if line is not None and abs((block.t_capture_ns - self.t0_ns) / _NS
+                                    - (f - line[1]) / line[0]) > TIMESTAMP_OUTLIER_S:
+            self.outliers_total += 1
+            self._run += 1
+            if self._run < TIMESTAMP_OUTLIER_RUN:
+                return
+            self._sums.fill(0.0)  # the stream shifted: a new line from here
+            self.t0_ns, self._f0 = block.t_capture_ns, self.frames_last
+        self._run = 0
+        self.t_last_ns = block.t_capture_ns
+        self._f_fit_last = self.frames_last
+        t = (block.t_capture_ns - self.t0_ns) / _NS
         self._sums += (1.0, t, f, t * t, t * f, f * f)
 
     def fit(self, min_span_s: float = PRIOR_MIN_S) -> tuple[float, float, float] | None:
@@ -143,6 +180,20 @@ class _RateMeter:
         standard error, span in s)``, or None before ``min_span_s``. The slope's error is
         ``s / sqrt(sum (t - mean t)^2)`` with ``s`` the residual spread (in frames): the
         timestamps' own jitter, not an assumed one."""
+        line = self._line(min_span_s)
+        return None if line is None else (line[0], line[2], line[3])
+
+    def frame_at(self, t_ns: int, min_span_s: float = PRIOR_MIN_S) -> float | None:
+        """The frame index captured at CLOCK_MONOTONIC ``t_ns`` on the fitted line (frames
+        counted from this meter's first block, gaps included), or None before
+        ``min_span_s``."""
+        line = self._line(min_span_s)
+        if line is None or self.t0_ns is None:
+            return None
+        return line[1] + line[0] * (t_ns - self.t0_ns) / _NS
+
+    def _line(self, min_span_s: float) -> tuple[float, float, float, float] | None:
+        """``(slope, intercept, slope's standard error, span)`` of the fit (see :meth:`fit`)."""
         if self.t0_ns is None:
             return None
         span_s = (self.t_last_ns - self.t0_ns) / _NS
@@ -156,7 +207,7 @@ class _RateMeter:
             return None
         slope = sxy / sxx
         resid = max(syy - slope * sxy, 0.0) / (n - 2)
-        return slope, float(np.sqrt(resid / sxx)), span_s
+        return float(slope), float((sf - slope * st) / n), float(np.sqrt(resid / sxx)), span_s
 
     def rate(self) -> tuple[float, float] | None:
         """``(frames per second, span in s)`` or None before :data:`PRIOR_MIN_S`."""
@@ -165,7 +216,7 @@ class _RateMeter:
         span_s = (self.t_last_ns - self.t0_ns) / _NS
         if span_s < PRIOR_MIN_S:
             return None
-        return self.frames_last / span_s, span_s
+        return (self._f_fit_last - self._f0) / span_s, span_s
 
 
 class _Device:
@@ -183,6 +234,8 @@ class _Device:
         self.pending: Source | None = None  # reopened by the reopen thread, not yet in use
         self.attempts = 0
         self.xruns_closed = 0  # overruns of the connections closed so far
+        self.last_seq: int | None = None  # of the connection in use (dropped blocks: a gap)
+        self.resyncs = 0  # rate-only: read position moved onto the timestamp lines
 
 
 EventCallback = Callable[[str, DriftEvent, str], None]
@@ -253,6 +306,8 @@ class DeviceAligner:
         self.n_channels = len(flat)
         self.analysis_row = int(analysis_row)
         self._settings = settings or DriftSettings()
+        self.max_drift_ppm = self._settings.max_drift_ppm
+        """Largest drift a rate-only device's timestamps may show (more: not believed)."""
         self._compensate = compensate
         self._on_event = on_event
         self._expected: dict[str, float] = {}
@@ -629,7 +684,14 @@ class MultiCapture:
         if block is None and dev.error is not None:
             raise DeviceError(f"capture device {dev.spec.name!r}: {dev.error}")
         if block is not None:
-            dev.rate.add(block)
+            # blocks the full queue dropped (seq skipped): frames of the timestamp line; for
+            # a rate-only device also a gap of its input (its sample index stays right)
+            last, dev.last_seq = dev.last_seq, block.seq
+            lost = 0 if last is None else max(block.seq - last - 1, 0) * block.n_samples
+            dev.rate.add(block, lost)
+            if lost and dev.spec.role == ROLE_REFERENCE:
+                block = Block(block.samples, block.seq, block.t_capture_ns,
+                              block.gap_frames + lost)
         return block
 
     def read(self) -> Block | None:
@@ -665,7 +727,7 @@ class MultiCapture:
                     self._lose(i, dev, str(err))
         merged = self.aligner.align(block.samples)
         self._maybe_update_priors()
-        self._maybe_update_rates()
+        self._maybe_update_rates(block)
         return Block(merged.copy(), block.seq, block.t_capture_ns, block.gap_frames)
 
     def _fill_device(self, i: int, dev: _Device, ref_block: Block) -> None:
@@ -754,6 +816,7 @@ class MultiCapture:
             dev.source, dev.pending = dev.pending, None
         dev.queue = DropOldestQueue(self._queue_blocks)
         dev.error = None
+        dev.last_seq = None
         dev.up = True
         self._start_thread(dev)
         downtime_s = time.monotonic() - (dev.lost_at or time.monotonic())
@@ -798,16 +861,19 @@ class MultiCapture:
                 dev.comp.set_prior(ppm, sigma)
             dev.prior = (ppm, sigma)  # type: ignore[attr-defined]
 
-    def _maybe_update_rates(self) -> None:
+    def _maybe_update_rates(self, ref_block: Block) -> None:
         """Every :data:`RATE_ONLY_UPDATE_S`: each rate-only (echo reference) device's drift
         from the least-squares fits of both devices' timestamps, ``(r_dev / r_ref - 1) 1e6``
         ppm, with the two fits' standard errors combined (combined with a calibrated nominal
-        drift by inverse variance, as the priors are); the resampler follows it."""
+        drift by inverse variance, as the priors are); the resampler follows it. Then its
+        read position is checked against the lines (:meth:`_resync`). ``ref_block``: the
+        reference block just aligned."""
         now = time.monotonic()
         if now - self._last_rate_s < RATE_ONLY_UPDATE_S:
             return
         self._last_rate_s = now
-        ref_fit = self._devices[self._reference].rate.fit(RATE_ONLY_MIN_S)
+        ref_meter = self._devices[self._reference].rate
+        ref_fit = ref_meter.fit(RATE_ONLY_MIN_S)
         if ref_fit is None:
             return
         for i, dev in enumerate(self._devices):
@@ -819,12 +885,50 @@ class MultiCapture:
             ratio = fit[0] / ref_fit[0]
             ppm = (ratio - 1.0) * 1e6
             sigma = 1e6 * ratio * float(np.hypot(fit[1] / fit[0], ref_fit[1] / ref_fit[0]))
+            if not abs(ppm) <= self.aligner.max_drift_ppm:  # implausible timestamps: skip
+                log.warning("capture device %r (echo reference): timestamp rate %.6g frames/s "
+                            "against %.6g on the reference (%.4g ppm) is implausible; kept "
+                            "%.2f ppm", dev.spec.name, fit[0], ref_fit[0], ppm,
+                            dev.comp.drift_ppm)
+                continue
             if dev.spec.name in self._nominal:
                 w_a, w_n = max(sigma, 1e-3) ** -2, NOMINAL_PRIOR_SIGMA_PPM**-2
                 ppm = (w_a * ppm + w_n * self._nominal[dev.spec.name]) / (w_a + w_n)
                 sigma = (w_a + w_n) ** -0.5
             self.aligner.set_rate(i, ppm, sigma)
             dev.prior = (ppm, sigma)  # type: ignore[attr-defined]
+            self._resync(dev, ref_meter, ref_block, ref_fit[0])
+
+    def _resync(self, dev: _Device, ref_meter: _RateMeter, ref_block: Block,
+                ref_rate: float) -> None:
+        """Put rate-only ``dev``'s read position where the timestamps say, if it is more than
+        :data:`RESYNC_S` away. The next output lines up with the reference sample after
+        ``ref_block``: on the reference's line it was captured at ``t``; the device's line
+        gives its frame index then (both counted from their meters' first blocks, which are
+        the resampler's sample 0 and the aligner's first block)."""
+        comp = dev.comp
+        if comp is None:
+            return
+        k_next = ref_meter.frames_last + ref_block.n_samples  # frames incl. gaps
+        ref_line_t0 = ref_meter.frame_at(ref_meter.t0_ns or 0, RATE_ONLY_MIN_S)
+        if ref_line_t0 is None:
+            return
+        t_ns = (ref_meter.t0_ns or 0) + int((k_next - ref_line_t0) / ref_rate * _NS)
+        want = dev.rate.frame_at(t_ns, RATE_ONLY_MIN_S)
+        if want is None:
+            return
+        error = comp.resampler.position - want
+        if abs(error) <= RESYNC_S * self.fs_hz:
+            return
+        dev.resyncs += 1
+        try:
+            comp.resampler.set_position_q(int(round(want * FRAC_ONE)))
+        except MicaError:  # older than the kept input: start over from the next block
+            dev.rate = _RateMeter()
+            self.aligner.drop(self._devices.index(dev))
+        log.warning("capture device %r (echo reference): read position %.1f samples off its "
+                    "timestamps (a gap, dropped blocks or a restart): moved back (#%d)",
+                    dev.spec.name, error, dev.resyncs)
 
     def _emit(self, name: str, event: DriftEvent, lock: str) -> None:
         if self._on_event is not None:
