@@ -456,7 +456,8 @@ def test_losing_the_loopback_device_keeps_the_daemon_and_holds_the_canceller(
     flowing, ``device_lost``/``device_back`` name it with ``"role": "reference"``, its
     channel is zeros so ``playback_active`` goes false (telemetry and audio), the echo
     canceller's filter does not move and no echo-path change is reported while it is gone,
-    and after its return the echo is cancelled again (ERLE >= 10 dB)."""
+    and after its return the echo is cancelled again (ERLE >= 10 dB within 15 s; the
+    reopened loopback may come back a few ms off, see the comment below)."""
     mics, far = _looping_echo_scene(corpus_dir, 10.0, 20.0)
     tag = uuid.uuid4().hex[:6]
     pcm_mics, pcm_loop = f"room_mics_{tag}", f"room_loop_{tag}"
@@ -497,9 +498,12 @@ def test_losing_the_loopback_device_keeps_the_daemon_and_holds_the_canceller(
         unplug.unlink()                                            # plugged back
         back = json.loads(sub.wait_count(f"{base}/event/device_back", 1,
                                          timeout_s=10)[0].payload)
+        t_back = time.monotonic()
         n_tel = len(sub.messages(f"{base}/telemetry"))
-        sub.wait_for(lambda ms: sum(1 for t in telemetry(n_tel) if t["echo"]["playback_active"])
-                     >= 3, timeout_s=10)
+        time.sleep(1.5)  # the ERLE (smoothed over ~0.5 s) now says how the filter fits
+        n_fresh = len(sub.messages(f"{base}/telemetry"))
+        sub.wait_for(erle_at_least(10.0, n_fresh), timeout_s=15)
+        reconverged_s = time.monotonic() - t_back
         after = telemetry(n_tel)
     finally:
         service.request_stop()
@@ -524,7 +528,11 @@ def test_losing_the_loopback_device_keeps_the_daemon_and_holds_the_canceller(
     assert props and set(props) == {"false"}
     echo_paths = [json.loads(m.payload) for m in sub.messages(f"{base}/event/echo_path")]
     assert not [e for e in echo_paths if lost["t_ns"] < e["t_capture_ns"] < t_plug_ns]
-    # back: the rate-only alignment again, the playback seen and cancelled
+    # back: the rate-only alignment again, the playback seen and cancelled again. The
+    # reopened stream's timestamps line up with its sound only to within about a period
+    # on the fake devices (ioplug), so the held filter may be a few ms off and re-adapt
+    print(f"after the loopback's return: ERLE >= 10 dB again {reconverged_s:.1f} s after "
+          f"device_back; ERLE {[t['echo']['erle_db'] for t in after]}")
     assert after[-1]["drift"][pcm_loop]["lock"] == "rate_only"
     assert after[-1]["drift"][pcm_loop]["up"] is True
-    assert after[-1]["echo"]["erle_db"] >= 10.0, after
+    assert any(t["echo"]["playback_active"] for t in after)
