@@ -42,6 +42,18 @@ def loss_fn(g: torch.Tensor, batch: dict[str, torch.Tensor], w: torch.Tensor,
     return l_gain + 2.0 * l_mag + harm_weight * torch.mean(harm)
 
 
+def init_from(model: BandGainNet, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``model``; a checkpoint with fewer inputs (base features into an
+    ``ext`` model) gets zero weights on the new input columns, so the model starts out
+    computing exactly what the checkpoint computed."""
+    state = dict(state)
+    w_in = state["dense.weight"]
+    if w_in.shape[1] < model.n_in:
+        state["dense.weight"] = torch.cat(
+            [w_in, torch.zeros(w_in.shape[0], model.n_in - w_in.shape[1])], dim=1)
+    model.load_state_dict(state)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="checkpoint/log folder")
@@ -99,12 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         step = ck["step"]
         log.info("resumed from %s at step %d", last, step)
     elif args.init is not None:
-        sd = torch.load(args.init, weights_only=False)["model"]
-        w_in = sd["dense.weight"]
-        if w_in.shape[1] < model.n_in:  # new input columns start at zero: same outputs
-            sd["dense.weight"] = torch.cat(
-                [w_in, torch.zeros(w_in.shape[0], model.n_in - w_in.shape[1])], dim=1)
-        model.load_state_dict(sd)
+        init_from(model, torch.load(args.init, weights_only=False)["model"])
         log.info("initialised from %s", args.init)
     log.info("model: %d parameters", model.n_params())
     src = Sources.load(args.corpus, args.out / "espeak", args.n_espeak, args.seed)

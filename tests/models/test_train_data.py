@@ -34,3 +34,20 @@ def test_transients_are_impulsive_and_modulated_noise_is_not() -> None:
     ]
     assert np.median(spread_t) > 15.0
     assert max(spread_m) < 15.0
+
+
+@pytest.mark.train
+def test_ext_model_initialised_from_base_computes_the_same_gains() -> None:
+    """Needs torch (``pytest -m train``): the zero-initialised extra inputs change nothing."""
+    import torch
+
+    from mica.models.train.net import BandGainNet
+    from mica.models.train.train import init_from
+
+    torch.manual_seed(0)
+    base = BandGainNet(n_in=64)
+    ext = BandGainNet(n_in=160)
+    init_from(ext, base.state_dict())
+    x = torch.randn(2, 50, 160)
+    with torch.no_grad():
+        torch.testing.assert_close(ext(x), base(x[..., :64]), rtol=0, atol=1e-6)
