@@ -1,0 +1,289 @@
+"""Least-squares bootstrap of the echo canceller: the exact time-domain LS fit while unconverged.
+
+The partitioned-block Kalman filter (:mod:`mica.array_dsp.aec`) learns each bin from the
+block's error spectrum, which also holds the other bins' misadjustment (the overlap-save
+error is a rectangular half frame: leakage), so at the start of playback it converges
+slower than the data allow. For the first seconds after the far end starts (and after an
+echo-path change or a new bulk delay) the canceller therefore also solves the regularised
+least-squares problem on *all* samples so far, every few blocks, and takes its solution
+per mic when it explains those samples better than the Kalman filter's (then the Kalman
+filter goes on from it):
+
+``h = argmin sum_{n in S} (y(n) - x_n^T h)^2 + lam t_0 |h|^2``, ``x_n = [x(n) .. x(n-L+1)]``
+(``L = P N`` taps, one reference), ``S`` the segment's samples less the double-talk blocks
+(near-end speech must not be fitted). Normal equations ``(R + lam t_0 I) h = r`` with
+``r_k = sum_{n in S} y(n) x(n-k)``; ``R = sum_{n in S} x_n x_n^T`` is not Toeplitz, but it
+is the Toeplitz matrix ``T`` of the autocorrelation ``t_k = sum_n x(n) x(n-k)`` of the
+segment's reference (with the ``L - 1`` samples before it; zero outside) less the rows
+``T`` counts that are not in ``S``: the ``L - 1`` rows that start before the segment, the
+``L - 1`` rows that run past its end, and the double-talk gaps (the covariance method
+written as the autocorrelation method minus its pre- and post-window rows: Haykin,
+"Adaptive Filter Theory", ch. 8). So ``R v`` costs a few FFTs of about ``2 L`` points
+(``T v`` by circulant embedding, each excluded range by FFT convolution and correlation)
+and the system is solved by conjugate gradients preconditioned with Strang's circulant
+approximation of ``T`` (T. Chan & Strang, "Toeplitz equations by conjugate gradients with
+circulant preconditioner", 1989), warm-started from the last solution.
+
+Per block the statistics cost ``N L (1 + n_mic)`` multiply-adds (:func:`ls_accumulate_kernel`,
+numpy reference :func:`ls_accumulate_reference`); each refit a few tens of FFT matvecs.
+Only during the bootstrap (``AecParams.bootstrap_s`` of far-end data): the steady-state
+cost is unchanged.
+
+Shapes: segment buffer ``(L - 1 + S_max,)`` float64 (``buf[L - 1 + i]`` = the segment's
+sample ``i``), ``t (L,)``, ``r (n_mic, L)``, ``yy (n_mic,)`` float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mica.array_dsp.jit import kernel
+
+
+@kernel
+def ls_accumulate_kernel(
+    buf: np.ndarray,
+    offset: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    include: bool,
+    t: np.ndarray,
+    r: np.ndarray,
+    yy: np.ndarray,
+) -> None:
+    """Append the reference block ``x (N,)`` at ``buf[offset:]`` and add its lag products:
+    ``t_k += sum_i x(n_i) x(n_i - k)`` (all blocks: ``T``'s autocorrelation), and, if
+    ``include``, ``r_mk += sum_i y_m(n_i) x(n_i - k)``, ``yy_m += sum_i y_m(n_i)^2`` for the
+    mic block ``y (n_mic, N)`` (float32). ``buf`` float64, samples before index 0 are 0."""
+    n = x.shape[0]
+    n_lags = t.shape[0]
+    for i in range(n):
+        buf[offset + i] = x[i]
+    for i in range(n):
+        j = offset + i
+        xi = buf[j]
+        kmax = min(n_lags - 1, j)
+        for k in range(kmax + 1):
+            t[k] += xi * buf[j - k]
+    if include:
+        for m in range(y.shape[0]):
+            for i in range(n):
+                j = offset + i
+                ym = np.float64(y[m, i])
+                yy[m] += ym * ym
+                kmax = min(n_lags - 1, j)
+                for k in range(kmax + 1):
+                    r[m, k] += ym * buf[j - k]
+
+
+def ls_accumulate_reference(
+    buf: np.ndarray,
+    offset: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    include: bool,
+    t: np.ndarray,
+    r: np.ndarray,
+    yy: np.ndarray,
+) -> None:
+    """Numpy reference of :func:`ls_accumulate_kernel` (same arguments)."""
+    n, n_lags = x.shape[0], t.shape[0]
+    buf[offset : offset + n] = x
+    lo = offset - n_lags + 1
+    seg = np.concatenate([np.zeros(max(0, -lo)), buf[max(0, lo) : offset + n]])
+    t += np.correlate(seg, buf[offset : offset + n], "valid")[::-1]
+    if include:
+        y64 = y.astype(np.float64)
+        yy += np.sum(y64**2, axis=1)
+        for m in range(y.shape[0]):
+            r[m] += np.correlate(seg, y64[m], "valid")[::-1]
+
+
+def refit_due(included_blocks: int, every_blocks: int, growth: float) -> bool:
+    """Whether a refit is due after ``included_blocks``: at ``n_0 = every_blocks`` and then
+    ``n_{i+1} = n_i + max(every_blocks, floor(growth n_i))`` (the solution changes less as
+    data accumulate: a geometric schedule bounds the refits to ``O(log)``)."""
+    due = every_blocks
+    while due < included_blocks:
+        due += max(every_blocks, int(growth * due))
+    return due == included_blocks
+
+
+def _fast_len(n: int) -> int:
+    """Smallest ``2^a 3^b 5^c >= n`` (a fast FFT size)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+class LsBootstrap:
+    """Accumulates one segment's LS statistics and solves them (see the module doc).
+
+    Args:
+        n_mics: microphones (one right-hand side each).
+        taps: ``L`` (filter length, samples).
+        block_samples: ``N``.
+        max_blocks: blocks a segment holds at most (its buffer).
+        max_gaps: excluded (double-talk) ranges a segment may have.
+        use_kernel: Numba accumulation (``False``: the numpy reference).
+    """
+
+    def __init__(
+        self,
+        n_mics: int,
+        taps: int,
+        block_samples: int,
+        max_blocks: int,
+        max_gaps: int = 8,
+        use_kernel: bool = True,
+    ) -> None:
+        self.n_mics, self.taps, self.block_samples = n_mics, taps, block_samples
+        self.max_blocks, self.max_gaps = max_blocks, max_gaps
+        self._acc = ls_accumulate_kernel if use_kernel else ls_accumulate_reference
+        self.buf = np.zeros(taps - 1 + max_blocks * block_samples, np.float64)
+        self.t = np.zeros(taps, np.float64)
+        self.r = np.zeros((n_mics, taps), np.float64)
+        self.yy = np.zeros(n_mics, np.float64)
+        self.gaps = np.zeros((max_gaps, 2), np.int64)
+        self.n_gaps = 0
+        self.blocks = 0
+        self.solution = np.zeros((n_mics, taps), np.float64)
+
+    def start(self, pre: np.ndarray) -> None:
+        """A new segment; ``pre (L - 1,)``: the reference samples before it."""
+        lag = self.taps - 1
+        self.buf[:lag] = pre
+        a = self.buf[:lag]
+        self.t[:] = 0.0
+        if lag:
+            full = np.correlate(a, a, "full")[lag - 1 :]  # lags 0 .. L-2
+            self.t[:lag] = full
+        self.r.fill(0.0)
+        self.yy.fill(0.0)
+        self.n_gaps = 0
+        self.blocks = 0
+        self.solution.fill(0.0)
+
+    @property
+    def full(self) -> bool:
+        """The segment buffer is full."""
+        return self.blocks >= self.max_blocks
+
+    def push(self, x: np.ndarray, y: np.ndarray, include: bool) -> bool:
+        """Add the reference block ``x (N,)`` and mic block ``y (n_mic, N)``; its rows count
+        only if ``include``. ``False`` when it could not (buffer full, too many gaps)."""
+        n = self.block_samples
+        if self.full:
+            return False
+        offset = self.taps - 1 + self.blocks * n
+        if not include:
+            if self.n_gaps and self.gaps[self.n_gaps - 1, 1] == offset:
+                self.gaps[self.n_gaps - 1, 1] = offset + n
+            elif self.n_gaps < self.max_gaps:
+                self.gaps[self.n_gaps] = (offset, offset + n)
+                self.n_gaps += 1
+            else:
+                return False
+        self._acc(self.buf, offset, x, y, include, self.t, self.r, self.yy)
+        self.blocks += 1
+        return True
+
+    @property
+    def included_blocks(self) -> int:
+        """Blocks whose rows are in the fit."""
+        gap = int(np.sum(self.gaps[: self.n_gaps, 1] - self.gaps[: self.n_gaps, 0]))
+        return self.blocks - gap // self.block_samples
+
+    def _operator(self) -> tuple:
+        """Spectra for ``R v``: (circulant spectrum of ``T``, [(S, nf, a, b) per excluded
+        row range ``[a, b)``])."""
+        L = self.taps
+        end = L - 1 + self.blocks * self.block_samples
+        c = np.concatenate([self.t, [0.0], self.t[:0:-1]])
+        ranges = [(0, L - 1)]
+        ranges += [(int(a), int(b)) for a, b in self.gaps[: self.n_gaps]]
+        ranges.append((end, end + L - 1))
+        ops = []
+        for a, b in ranges:
+            if b <= a:
+                continue
+            lo, hi = a - L + 1, b  # the samples these rows read
+            s = np.zeros(hi - lo)
+            s[max(0, -lo) : min(hi, end) - lo] = self.buf[max(0, lo) : min(hi, end)]
+            nf = _fast_len(s.shape[0] + L)
+            ops.append((np.fft.rfft(s, nf), nf, b - a))
+        return np.fft.rfft(c), ops
+
+    def _matvec(self, op: tuple, v: np.ndarray) -> np.ndarray:
+        """``R v`` for ``v (n_mic, L)``."""
+        L = self.taps
+        t_spec, ranges = op
+        out = np.fft.irfft(t_spec * np.fft.rfft(v, 2 * L, axis=-1), 2 * L, axis=-1)[:, :L]
+        for s_spec, nf, rows in ranges:
+            conv = np.fft.irfft(s_spec * np.fft.rfft(v, nf, axis=-1), nf, axis=-1)
+            w = np.zeros_like(conv)
+            w[:, L - 1 : L - 1 + rows] = conv[:, L - 1 : L - 1 + rows]  # u = X v
+            out -= np.fft.irfft(np.conj(s_spec) * np.fft.rfft(w, axis=-1), nf, axis=-1)[:, :L]
+        return out
+
+    def solve(self, h0: np.ndarray, reg: float, iterations: int, tol: float = 1e-12) -> np.ndarray:
+        """PCG on ``(R + reg t_0 I) h = r`` from ``h0 (n_mic, L)``; the solution is kept in
+        :attr:`solution` (and returned). Allocates (once per refit)."""
+        L = self.taps
+        op = self._operator()
+        lam = reg * self.t[0] + 1e-12
+        k = np.arange(L)
+        chan = ((L - k) * self.t + k * self.t[(L - k) % L]) / L  # T. Chan's circulant
+        eig = np.maximum(np.fft.rfft(chan).real, 0.0) + lam
+        x = h0.copy()
+        res = self.r - self._matvec(op, x) - lam * x
+        z = np.fft.irfft(np.fft.rfft(res, axis=-1) / eig, L, axis=-1)
+        p = z.copy()
+        rz = np.sum(res * z, axis=1)
+        stop = tol * tol * np.maximum(np.sum(self.r**2, axis=1), 1e-30)
+        for _ in range(iterations):
+            ap = self._matvec(op, p) + lam * p
+            alpha = rz / np.maximum(np.sum(p * ap, axis=1), 1e-300)
+            x += alpha[:, None] * p
+            res -= alpha[:, None] * ap
+            if np.all(np.sum(res**2, axis=1) <= stop):
+                break
+            z = np.fft.irfft(np.fft.rfft(res, axis=-1) / eig, L, axis=-1)
+            rz_new = np.sum(res * z, axis=1)
+            p = z + (rz_new / np.maximum(rz, 1e-300))[:, None] * p
+            rz = rz_new
+        self.solution[...] = x
+        self._op = op
+        return x
+
+    def accept(
+        self, h: np.ndarray, h_now: np.ndarray, min_rows: float, max_residual_db: float
+    ) -> np.ndarray:
+        """``(n_mic,)`` bool: take the LS filter ``h`` instead of ``h_now`` (both
+        ``(n_mic, L)``): the segment holds at least ``min_rows L`` included samples, the
+        LS residual is at most ``max_residual_db`` of the mic energy (echo alone: the
+        linear model explains the mic; near-end speech the double-talk detector missed
+        leaves a large residual, and such a fit is refused), and it is below ``h_now``'s."""
+        c = self.cost(h)
+        ok = c < self.cost(h_now)
+        ok &= c <= 10.0 ** (max_residual_db / 10.0) * self.yy
+        ok &= self.included_blocks * self.block_samples >= min_rows * self.taps
+        return ok
+
+    def cost(self, h: np.ndarray) -> np.ndarray:
+        """``(n_mic,)`` squared error of the filters ``h (n_mic, L)`` over the segment's
+        included samples (``yy - 2 h.r + h.R h``; after :meth:`solve`)."""
+        return (
+            self.yy
+            - 2.0 * np.sum(h * self.r, axis=1)
+            + np.sum(h * self._matvec(self._op, h), axis=1)
+        )

@@ -1,0 +1,166 @@
+"""Least-squares bootstrap of the echo canceller: accumulation kernel == numpy reference,
+the FFT operator == the explicit normal equations (with double-talk gaps), the solver ==
+a dense solve, the canceller with it == its numpy reference, and what it buys on corpus
+speech (convergence within the first second after the far-end onset) without costing the
+near end when a talker speaks from the start of playback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mica.array_dsp.aec import AecParams, EchoCanceller, aec_reference
+from mica.array_dsp.aec_bootstrap import (
+    LsBootstrap,
+    ls_accumulate_kernel,
+    ls_accumulate_reference,
+    refit_due,
+)
+from mica.evaluation.echo_scene import make_echo_scene
+from mica.evaluation.metrics import erle_db, si_sdr_db
+
+FS = 16000
+HOP = 160
+
+
+def cancel(scene, params: AecParams) -> np.ndarray:
+    """The canceller (Numba kernels) over the scene's mics; ``(n_mic, n)`` output."""
+    aec = EchoCanceller(scene.mic.shape[0], 1, HOP, FS, params)
+    out = np.zeros_like(scene.mic)
+    for b in range(scene.mic.shape[1] // HOP):
+        sl = slice(b * HOP, (b + 1) * HOP)
+        out[:, sl] = aec.process(
+            np.ascontiguousarray(scene.mic[:, sl]), np.ascontiguousarray(scene.ref[:, sl])
+        )
+    return out
+
+
+def explicit_normal_equations(
+    buf: np.ndarray, taps: int, rows: list[int], y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``R = X^T X``, ``r = X^T y`` with ``X``'s row ``n`` = ``[x(n) .. x(n - L + 1)]``
+    (``buf[L - 1 + n]`` = ``x(n)``) for the given rows; y ``(n_mic, n)``."""
+    x = np.array([buf[taps - 1 + n - np.arange(taps)] for n in rows])
+    return x.T @ x, x.T @ y[:, rows].astype(np.float64).T
+
+
+@pytest.mark.parametrize(("n_mics", "taps", "block"), [(1, 50, 10), (3, 64, 16), (2, 7, 32)])
+def test_accumulate_kernel_equals_reference(n_mics: int, taps: int, block: int) -> None:
+    rng = np.random.default_rng(1)
+    size = taps - 1 + 6 * block
+    state = {
+        name: [np.zeros(size), np.zeros(taps), np.zeros((n_mics, taps)), np.zeros(n_mics)]
+        for name in ("kernel", "numpy")
+    }
+    for name in state:
+        state[name][0][: taps - 1] = np.linspace(-1, 1, taps - 1)
+    for b in range(6):
+        x = rng.standard_normal(block).astype(np.float32)
+        y = rng.standard_normal((n_mics, block)).astype(np.float32)
+        include = b != 2
+        offset = taps - 1 + b * block
+        ls_accumulate_kernel(*state["kernel"][:1], offset, x, y, include, *state["kernel"][1:])
+        ls_accumulate_reference(*state["numpy"][:1], offset, x, y, include, *state["numpy"][1:])
+    for got, want in zip(state["kernel"], state["numpy"], strict=True):
+        assert np.allclose(got, want, atol=1e-9, rtol=1e-9), np.abs(got - want).max()
+    assert np.abs(state["kernel"][2]).max() > 0.1
+
+
+@pytest.mark.parametrize("gaps", [(), (3,), (0, 1, 7, 11, 19)])
+def test_operator_and_solver_equal_the_normal_equations(gaps: tuple[int, ...]) -> None:
+    """``R v`` by FFTs (autocorrelation less the pre-/post-window rows and the gaps) and
+    the PCG solution equal the explicit covariance-method normal equations."""
+    taps, block, n_blocks, n_mics = 50, 10, 20, 2
+    rng = np.random.default_rng(0)
+    pre = rng.standard_normal(taps - 1)
+    x = rng.standard_normal(n_blocks * block).astype(np.float32)
+    y = rng.standard_normal((n_mics, n_blocks * block)).astype(np.float32)
+    boot = LsBootstrap(n_mics, taps, block, n_blocks, max_gaps=8)
+    boot.start(pre)
+    for b in range(n_blocks):
+        sl = slice(b * block, (b + 1) * block)
+        assert boot.push(x[sl], y[:, sl], b not in gaps)
+    assert boot.full and boot.included_blocks == n_blocks - len(gaps)
+    rows = [n for n in range(n_blocks * block) if n // block not in gaps]
+    r_mat, r_vec = explicit_normal_equations(boot.buf, taps, rows, y)
+    assert np.allclose(boot.r, r_vec.T, atol=1e-10)
+    h = boot.solve(np.zeros((n_mics, taps)), 1e-3, 300)
+    lam = 1e-3 * boot.t[0] + 1e-12
+    want = np.linalg.solve(r_mat + lam * np.eye(taps), r_vec).T
+    assert np.allclose(h, want, atol=1e-8), np.abs(h - want).max()
+    v = rng.standard_normal((n_mics, taps))
+    assert np.allclose(boot._matvec(boot._op, v), (r_mat @ v.T).T, atol=1e-9)
+    err = (
+        y[:, rows].astype(np.float64)
+        - (np.array([boot.buf[taps - 1 + n - np.arange(taps)] for n in rows]) @ h.T).T
+    )
+    assert np.allclose(boot.cost(h), np.sum(err**2, axis=1), rtol=1e-6)
+
+
+def test_segment_limits_and_refit_schedule() -> None:
+    boot = LsBootstrap(1, 20, 10, 4, max_gaps=1)
+    boot.start(np.zeros(19))
+    x, y = np.ones(10, np.float32), np.ones((1, 10), np.float32)
+    assert boot.push(x, y, False) and boot.push(x, y, False)  # one gap, extended
+    assert boot.push(x, y, True)
+    assert not boot.push(x, y, False)  # a second gap: the segment ends
+    assert [n for n in range(1, 200) if refit_due(n, 5, 0.25)][:7] == [5, 10, 15, 20, 25, 31, 38]
+
+
+def test_canceller_with_bootstrap_equals_reference() -> None:
+    """White reference through a decaying path: the bootstrap takes over (kernel path and
+    numpy reference agree, and both refit)."""
+    rng = np.random.default_rng(4)
+    n = 80 * HOP
+    ref = (0.1 * rng.standard_normal((1, n))).astype(np.float32)
+    taps = 4 * HOP
+    mic = np.stack(
+        [
+            np.convolve(ref[0], rng.standard_normal(taps) * np.exp(-np.arange(taps) / 100))[:n]
+            for _ in range(2)
+        ]
+    )
+    mic = (mic + 1e-3 * rng.standard_normal(mic.shape)).astype(np.float32)
+    params = AecParams(tail_ms=50.0)
+    aec = EchoCanceller(2, 1, HOP, FS, params)
+    out = np.zeros_like(mic)
+    for b in range(80):
+        sl = slice(b * HOP, (b + 1) * HOP)
+        out[:, sl] = aec.process(np.ascontiguousarray(mic[:, sl]), np.ascontiguousarray(ref[:, sl]))
+    want = aec_reference(mic, ref, HOP, FS, params)
+    assert aec.bootstrap_refits_taken >= 2
+    assert np.allclose(out, want["out"], atol=1e-5, rtol=0)
+    off = aec_reference(mic, ref, HOP, FS, AecParams(tail_ms=50.0, bootstrap_s=0.0))
+    sl = slice(10 * HOP, 30 * HOP)
+    assert erle_db(mic[0, sl], out[0, sl]) > erle_db(mic[0, sl], off["out"][0, sl]) + 10.0
+
+
+def test_first_second_after_onset_on_measured_echo_path(corpus_dir) -> None:
+    """Corpus speech (onset 0.2 s) through a measured RIR and the soft-clipping
+    loudspeaker: over the first second of far-end speech ERLE >= 25 dB on both mics
+    (measured 30.7 and 30.4 dB; without the bootstrap 14.1 and 14.7 dB)."""
+    scene = make_echo_scene(corpus_dir, seconds=1.5, n_mics=2)
+    erle = {}
+    for name, params in (("boot", AecParams()), ("kalman", AecParams(bootstrap_s=0.0))):
+        out = cancel(scene, params)
+        sl = slice(int(0.2 * FS), int(1.2 * FS))
+        erle[name] = [erle_db(scene.echo[m, sl], out[m, sl] - scene.near[m, sl]) for m in (0, 1)]
+    assert min(erle["boot"]) >= 25.0, erle
+    assert min(erle["boot"]) >= max(erle["kalman"]) + 8.0, erle
+
+
+def test_near_end_from_the_start_is_not_fitted(corpus_dir) -> None:
+    """A talker speaks from 0.5 s to 3 s while playback starts (0 dB against the echo):
+    the near end's SI-SDR and the ERLE afterwards are not worse with the bootstrap than
+    with the Kalman filter alone (measured 9.5 vs 8.9 dB; 30.4 vs 30.4 dB over 5-6 s)."""
+    scene = make_echo_scene(corpus_dir, seconds=6.0, n_mics=1, near_window_s=(0.5, 3.0))
+    got = {}
+    for name, params in (("boot", AecParams()), ("kalman", AecParams(bootstrap_s=0.0))):
+        out = cancel(scene, params)
+        sl, late = slice(FS // 2, 3 * FS), slice(5 * FS, 6 * FS)
+        got[name] = (
+            si_sdr_db(out[0, sl], scene.near[0, sl]),
+            erle_db(scene.echo[0, late], out[0, late] - scene.near[0, late]),
+        )
+    assert got["boot"][0] >= got["kalman"][0] - 0.5, got
+    assert got["boot"][1] >= got["kalman"][1] - 1.0, got
