@@ -61,7 +61,8 @@ def training_command(args: dict[str, Any]) -> str:
     """The ``train`` command line that reproduces a checkpoint, from its stored arguments."""
     parts = ["nice -n 19 python -m mica.models.train.train"]
     for key in ("out", "init", "seed", "steps", "minutes", "batch", "frames", "lr", "threads",
-                "p_clean", "p_high_snr", "harm_weight", "features", "noise_set"):
+                "p_clean", "p_high_snr", "harm_weight", "quiet_db", "features",
+                "noise_set"):
         if args.get(key) is not None:
             parts.append(f"--{key.replace('_', '-')} {args[key]}")
     return " ".join(parts)

@@ -28,18 +28,31 @@ log = logging.getLogger("mica.models.train")
 
 
 def loss_fn(g: torch.Tensor, batch: dict[str, torch.Tensor], w: torch.Tensor,
-            harm_weight: float = 0.5) -> torch.Tensor:
-    """Band-gain MSE on sqrt gains + compressed-magnitude MSE + over-suppression penalty."""
+            harm_weight: float = 0.5, quiet_db: float | None = None) -> torch.Tensor:
+    """Band-gain MSE on sqrt gains + compressed-magnitude MSE + over-suppression penalty.
+
+    ``quiet_db``: in clean-only examples (noisy == target), frames more than ``quiet_db``
+    below the example's loudest frame are left out of the loss: there the input is the
+    recording's own background, and "keep it" would teach the model to leave any faint
+    stationary noise alone (the residual noise of a beamformer, say).
+    """
     ymag, smag = batch["ymag"], batch["smag"]
     e_y = (ymag ** 2) @ w.T
     e_s = (smag ** 2) @ w.T
     g_t = torch.clamp(torch.sqrt(e_s / (e_y + 1e-12)), 0.0, 1.0)
     sqrt_g = torch.sqrt(g + 1e-6)  # a sigmoid that underflows to 0 has an infinite sqrt slope
-    l_gain = torch.mean((sqrt_g - torch.sqrt(g_t)) ** 2)
     g_bin = g @ w
-    l_mag = torch.mean(((g_bin * ymag + 1e-8) ** 0.3 - (smag + 1e-8) ** 0.3) ** 2)
     harm = torch.relu(torch.sqrt(g_t) - sqrt_g) ** 2 * (g_t > 0.5)
-    return l_gain + 2.0 * l_mag + harm_weight * torch.mean(harm)
+    l_gain_tf = torch.mean((sqrt_g - torch.sqrt(g_t)) ** 2, dim=-1)
+    l_mag_tf = torch.mean(((g_bin * ymag + 1e-8) ** 0.3 - (smag + 1e-8) ** 0.3) ** 2, dim=-1)
+    l_tf = l_gain_tf + 2.0 * l_mag_tf + harm_weight * torch.mean(harm, dim=-1)  # (B, T)
+    if quiet_db is None:
+        return torch.mean(l_tf)
+    clean = torch.all(ymag == smag, dim=-1).all(dim=-1, keepdim=True)  # (B, 1)
+    fe = torch.sum(smag ** 2, dim=-1)
+    loud = fe > fe.amax(dim=1, keepdim=True) * 10 ** (-quiet_db / 10)
+    keep = (loud | ~clean).to(l_tf.dtype)
+    return torch.sum(l_tf * keep) / torch.clamp(torch.sum(keep), min=1.0)
 
 
 def init_from(model: BandGainNet, state: dict[str, torch.Tensor]) -> None:
@@ -83,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(mica.models.features)")
     ap.add_argument("--noise-set", choices=("v1", "v3"), default="v1",
                     help="v3 adds transients, modulated noise/hum and two-noise mixtures")
+    ap.add_argument("--quiet-db", type=float, default=None,
+                    help="leave frames this far below the loudest out of the loss of "
+                         "clean-only examples (default: keep every frame)")
     ap.add_argument("--init", type=Path,
                     help="start from this checkpoint's model weights (fresh optimizer and "
                          "schedule; a base-feature model initialises an ext one with zero "
@@ -146,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = {name: torch.from_numpy(np.stack([batches[b][name][i] for b, i in pick]))
                  for name in ("feats", "ymag", "smag")}
         model.train()
-        loss = loss_fn(model(batch["feats"]), batch, w_t, args.harm_weight)
+        loss = loss_fn(model(batch["feats"]), batch, w_t, args.harm_weight, args.quiet_db)
         opt.zero_grad()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -161,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.ckpt_every == 0 or done:
             model.eval()
             with torch.no_grad():
-                vloss = loss_fn(model(val["feats"]), val, w_t, args.harm_weight).item()
+                vloss = loss_fn(model(val["feats"]), val, w_t, args.harm_weight,
+                                args.quiet_db).item()
             state = {"model": model.state_dict(), "opt": opt.state_dict(),
                      "sched": sched.state_dict(), "step": step, "args": vars(args) | {
                          "out": str(args.out), "corpus": str(args.corpus),

@@ -51,3 +51,29 @@ def test_ext_model_initialised_from_base_computes_the_same_gains() -> None:
     x = torch.randn(2, 50, 160)
     with torch.no_grad():
         torch.testing.assert_close(ext(x), base(x[..., :64]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.train
+def test_quiet_frames_of_clean_examples_leave_the_loss() -> None:
+    """``--quiet-db``: what the model does in the faint frames of a clean-only example does not
+    count; in a noisy example every frame counts."""
+    import torch
+
+    from mica.models.features import erb_weights
+    from mica.models.train.train import loss_fn
+
+    w = torch.from_numpy(erb_weights())
+    torch.manual_seed(0)
+    s = torch.rand(2, 10, 161) + 0.1
+    s[:, :4] *= 1e-3  # 60 dB below the rest
+    y = s.clone()
+    y[1] += 0.3  # example 1 is noisy
+    batch = {"ymag": y, "smag": s}
+    g = torch.rand(2, 10, 32)
+    g2 = g.clone()
+    g2[0, :4] = 0.0  # differs only in the quiet frames of the clean example
+    assert loss_fn(g, batch, w, 0.5, 40.0) == loss_fn(g2, batch, w, 0.5, 40.0)
+    assert loss_fn(g, batch, w, 0.5) != loss_fn(g2, batch, w, 0.5)
+    g3 = g.clone()
+    g3[1, :4] = 0.0  # the quiet frames of the noisy example still count
+    assert loss_fn(g, batch, w, 0.5, 40.0) != loss_fn(g3, batch, w, 0.5, 40.0)
