@@ -44,10 +44,12 @@ signal as the microphones, so it gets no offset search: its compensator is rate-
 the first blocks' capture times (physical time lines up; the echo canceller's bulk-delay
 tracker absorbs the playback buffering), the drift from the ALSA-timestamp rate ratio
 (:meth:`_RateMeter.fit`: least-squares line of frames over capture time, its standard
-error; updated every :data:`RATE_ONLY_UPDATE_S`), so the loopback does not jump. Its read
-position is checked against both devices' timestamp lines at each update and moved onto
-them when more than :data:`RESYNC_S` off (after a reference overrun, or blocks a full
-queue dropped: counted from ``seq``), so physical time stays lined up. Lost, it
+error; updated every :data:`RATE_ONLY_UPDATE_S`), so the loopback does not jump. Its rows
+are zeros until both timestamp lines exist (:data:`RATE_ONLY_MIN_S`) and place it (the
+first blocks' own capture times can be a period off); its read position is then checked
+against the lines at each update and moved onto them when more than :data:`RESYNC_S` off
+(after a reference overrun, or blocks a full queue dropped: counted from ``seq``), so
+physical time stays lined up. Lost, it
 degrades like any non-reference device (zeros: the canceller sees no playback and holds
 its filter; reopened with backoff; ``device_lost``/``device_back`` with ``"role":
 "reference"``).
@@ -98,7 +100,8 @@ TIMESTAMP_OUTLIER_MIN_S = 0.25
 TIMESTAMP_OUTLIER_RUN = 50
 """Outliers in a row that restart the line (the stream shifted for good)."""
 RATE_ONLY_UPDATE_S = 0.25
-"""How often a rate-only device's resampling rate follows its timestamp fit."""
+"""How often (s of reference signal) a rate-only device's resampling rate follows its
+timestamp fit."""
 RESYNC_S = 1e-3
 """A rate-only device whose read position is this far (s) from where the two devices'
 timestamp lines put it (a reference overrun, blocks dropped, a stream restart) is moved
@@ -236,6 +239,7 @@ class _Device:
         self.xruns_closed = 0  # overruns of the connections closed so far
         self.last_seq: int | None = None  # of the connection in use (dropped blocks: a gap)
         self.resyncs = 0  # rate-only: read position moved onto the timestamp lines
+        self.timed = False  # rate-only: positioned on the timestamp lines since (re)start
 
 
 EventCallback = Callable[[str, DriftEvent, str], None]
@@ -314,6 +318,7 @@ class DeviceAligner:
         self._aux: tuple[int, float] | None = None
         self.comps: list[DriftCompensator | None] = [None] * len(names)
         self._absent: set[int] = set()
+        self._muted: set[int] = set()
         self._merged = np.zeros((self.n_channels, self.period_frames), np.float32)
         self._outs = [np.zeros((len(r), self.period_frames), np.float32) for r in self.rows]
 
@@ -327,6 +332,14 @@ class DeviceAligner:
         if i == self.reference:
             raise ValueError("the reference device cannot be dropped")
         self._absent.add(i)
+
+    def mute(self, i: int, muted: bool = True) -> None:
+        """Device ``i``'s rows are zeros while muted (it is still resampled, so its timeline
+        goes on): a rate-only device until its timing is known."""
+        if muted:
+            self._muted.add(i)
+        else:
+            self._muted.discard(i)
 
     def present(self, i: int) -> bool:
         """Device ``i`` delivers (not :meth:`drop`-ped since its last :meth:`start`)."""
@@ -417,6 +430,8 @@ class DeviceAligner:
                     )
                     if self._on_event is not None:
                         self._on_event(self.names[i], event, comp.state)
+                if i in self._muted:
+                    out.fill(0.0)
             self._merged[dev_rows] = out
         return self._merged
 
@@ -628,7 +643,7 @@ class MultiCapture:
             self.close()
             raise
         self._last_prior_s = 0.0
-        self._last_rate_s = 0.0
+        self._rate_frames = 0  # reference frames since the last rate-only update
         for dev in self._devices:
             if dev.source is not None:
                 self._start_thread(dev)
@@ -750,6 +765,9 @@ class MultiCapture:
                 # (the stream's first block; after a return, this one)
                 guess = (ref_block.t_capture_ns - other.t_capture_ns) * self.fs_hz / _NS
                 dev.comp = self.aligner.start(i, guess)
+                if self.aligner.rate_only[i]:  # zeros until the timestamp lines place it
+                    dev.timed = False
+                    self.aligner.mute(i, True)
                 if dev.spec.name in self._nominal:
                     dev.comp.set_prior(self._nominal[dev.spec.name], NOMINAL_PRIOR_SIGMA_PPM)
             self.aligner.push(i, other.samples, other.gap_frames)
@@ -868,10 +886,10 @@ class MultiCapture:
         drift by inverse variance, as the priors are); the resampler follows it. Then its
         read position is checked against the lines (:meth:`_resync`). ``ref_block``: the
         reference block just aligned."""
-        now = time.monotonic()
-        if now - self._last_rate_s < RATE_ONLY_UPDATE_S:
+        self._rate_frames += ref_block.n_samples  # stream time: a backlog read at once counts
+        if self._rate_frames < RATE_ONLY_UPDATE_S * self.fs_hz:
             return
-        self._last_rate_s = now
+        self._rate_frames = 0
         ref_meter = self._devices[self._reference].rate
         ref_fit = ref_meter.fit(RATE_ONLY_MIN_S)
         if ref_fit is None:
@@ -897,15 +915,18 @@ class MultiCapture:
                 sigma = (w_a + w_n) ** -0.5
             self.aligner.set_rate(i, ppm, sigma)
             dev.prior = (ppm, sigma)  # type: ignore[attr-defined]
-            self._resync(dev, ref_meter, ref_block, ref_fit[0])
+            self._resync(i, dev, ref_meter, ref_block, ref_fit[0])
 
-    def _resync(self, dev: _Device, ref_meter: _RateMeter, ref_block: Block,
+    def _resync(self, i: int, dev: _Device, ref_meter: _RateMeter, ref_block: Block,
                 ref_rate: float) -> None:
-        """Put rate-only ``dev``'s read position where the timestamps say, if it is more than
-        :data:`RESYNC_S` away. The next output lines up with the reference sample after
-        ``ref_block``: on the reference's line it was captured at ``t``; the device's line
-        gives its frame index then (both counted from their meters' first blocks, which are
-        the resampler's sample 0 and the aligner's first block)."""
+        """Put rate-only device ``i``'s read position where the timestamps say: the first
+        time after a (re)start (its rows were zeros until then: the first blocks' own capture
+        times can be a period off, and a jump after the canceller began to learn costs more
+        than a late start), later only if it is more than :data:`RESYNC_S` away. The next
+        output lines up with the reference sample after ``ref_block``: on the reference's
+        line it was captured at ``t``; the device's line gives its frame index then (both
+        counted from their meters' first blocks, which are the resampler's sample 0 and the
+        aligner's first block)."""
         comp = dev.comp
         if comp is None:
             return
@@ -918,14 +939,21 @@ class MultiCapture:
         if want is None:
             return
         error = comp.resampler.position - want
-        if abs(error) <= RESYNC_S * self.fs_hz:
+        if dev.timed and abs(error) <= RESYNC_S * self.fs_hz:
             return
-        dev.resyncs += 1
         try:
             comp.resampler.set_position_q(int(round(want * FRAC_ONE)))
         except MicaError:  # older than the kept input: start over from the next block
             dev.rate = _RateMeter()
-            self.aligner.drop(self._devices.index(dev))
+            self.aligner.drop(i)
+            return
+        if not dev.timed:
+            dev.timed = True
+            self.aligner.mute(i, False)
+            log.info("capture device %r (echo reference): placed on the timestamp lines "
+                     "(%.1f samples from the first blocks' guess)", dev.spec.name, -error)
+            return
+        dev.resyncs += 1
         log.warning("capture device %r (echo reference): read position %.1f samples off its "
                     "timestamps (a gap, dropped blocks or a restart): moved back (#%d)",
                     dev.spec.name, error, dev.resyncs)
@@ -958,6 +986,9 @@ class MultiCapture:
             if i != self._reference:
                 prior = getattr(dev, "prior", None)
                 entry["prior_ppm"] = None if prior is None else round(prior[0], 2)
+            if self.aligner.rate_only[i]:
+                entry["timed"] = dev.timed
+                entry["resyncs"] = dev.resyncs
             entry["up"] = dev.up
             status[dev.spec.name] = entry
         return status
