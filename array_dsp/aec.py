@@ -168,7 +168,7 @@ class AecParams:
             bootstrap (:mod:`mica.array_dsp.aec_bootstrap`) also fits the filter to all
             samples so far (0: off; one reference channel only). Measured (benchmark scenes
             cut to 4 s, mic 0) ERLE of the first 0.5 s windows without / with it: speech
-            14.4 / 13.3 -> 30.0 / 30.1 dB, jazz 3.9 / 6.2 / 12.8 -> 7.0 / 20.5 / 27.8 dB.
+            14.4 / 13.3 -> 29.1 / 30.2 dB, jazz 3.9 / 6.2 / 12.8 -> 6.8 / 20.6 / 27.9 dB.
         bootstrap_refit_blocks: the first refit after this many included blocks ...
         bootstrap_refit_growth: ... then after ``max(refit_blocks, growth n)`` more (``n``
             the included blocks so far: 14 refits in 2 s at the defaults).
@@ -176,6 +176,9 @@ class AecParams:
             energy).
         bootstrap_iterations: conjugate-gradient iterations per refit (warm start: the
             Kalman filter; 10 and 30 measured equal).
+        bootstrap_iterations_per_block: ... run this many per block (a refit is spread over
+            ``iterations / per_block`` blocks and taken when done, so no block carries a
+            whole solve; a refit falling due while one runs is skipped).
         bootstrap_max_gaps: double-talk gaps a segment may have (more: it ends).
         bootstrap_dt_erle_db: the double-talk state excludes blocks from the fit only once
             the canceller's ERLE reached this (dB): before that the detector mostly
@@ -221,6 +224,7 @@ class AecParams:
     bootstrap_refit_growth: float = 0.25
     bootstrap_reg: float = 1e-3
     bootstrap_iterations: int = 10
+    bootstrap_iterations_per_block: int = 5
     bootstrap_max_gaps: int = 32
     bootstrap_dt_erle_db: float = 15.0
     bootstrap_min_rows: float = 1.0
@@ -250,6 +254,7 @@ class AecParams:
             ("bootstrap_refit_blocks", self.bootstrap_refit_blocks >= 1),
             ("bootstrap_reg", self.bootstrap_reg > 0.0),
             ("bootstrap_iterations", self.bootstrap_iterations >= 1),
+            ("bootstrap_iterations_per_block", self.bootstrap_iterations_per_block >= 1),
             ("bootstrap_refit_growth", 0.0 <= self.bootstrap_refit_growth <= 10.0),
             ("bootstrap_max_gaps", self.bootstrap_max_gaps >= 0),
             ("bootstrap_min_rows", self.bootstrap_min_rows >= 0.0),
@@ -878,6 +883,8 @@ class EchoCanceller:
             buf.fill(0)
         self._rebuild_history()
         self._boot_state = 1  # the reference moved: a new LS segment
+        if self._boot is not None:
+            self._boot.abort()
 
     def kept_energy_share(self, delay_samples: int) -> float:
         """Share of the learned filter's tap energy (all mics and references) that
@@ -917,6 +924,8 @@ class EchoCanceller:
 
     def _restart_filter(self) -> None:
         self._boot_state = 1
+        if self._boot is not None:
+            self._boot.abort()
         self._w.fill(0)
         self._cp_next = 0
         self._p.fill(self.params.initial_state_var)
@@ -1007,7 +1016,7 @@ class EchoCanceller:
             self._adapt_hold = self.params.double_talk_adapt_hold_blocks + 1
         elif self._adapt_hold:
             self._adapt_hold -= 1
-        if self._boot is not None and self._boot_state:
+        if self._boot is not None and (self._boot_state or self._boot.solving):
             self._bootstrap_step(mic)
         if self._mon[3]:  # the old filter is wrong: start afresh (fastest re-convergence)
             self.path_changes_total += 1
@@ -1016,40 +1025,49 @@ class EchoCanceller:
 
     def _bootstrap_step(self, mic: np.ndarray) -> None:
         """The LS bootstrap (:mod:`mica.array_dsp.aec_bootstrap`) for this block: start a
-        segment at the far end's first block, add the block (its rows only outside double
-        talk), refit every ``bootstrap_refit_blocks`` included blocks and take the LS
-        filter for each mic whose error over the segment it lowers."""
-        boot, n = self._boot, self.block_samples
-        if self._boot_state == 1:
-            if not self._mon[0]:
-                return
+        segment at the far end's first block, add the block (its rows only outside
+        trusted double talk), begin a refit when one is due (warm start: the Kalman
+        filter), run ``bootstrap_iterations_per_block`` of its PCG iterations, and when it
+        is done take the LS filter for each mic :meth:`LsBootstrap.accept` admits."""
+        boot, n, p = self._boot, self.block_samples, self.params
+        if self._boot_state == 1 and self._mon[0]:
             length = self._ring.shape[1]
             end = int(self._ring_pos[0]) - self.delay_samples - n
             idx = (end - (boot.taps - 1) + np.arange(boot.taps - 1)) % length
             boot.start(self._ring[0, idx])
             self._boot_state = 2
-        erle = self._mon[2]
-        trusted = not math.isnan(erle) and erle >= self.params.bootstrap_dt_erle_db
-        include = not (self._mon[1] and trusted)
-        if not boot.push(self._x_cur[0], mic, include):
-            self._boot_state = 0
-            return
-        p = self.params
-        if include and refit_due(
-            boot.included_blocks, p.bootstrap_refit_blocks, p.bootstrap_refit_growth
-        ):
-            self._bootstrap_refit()
-        if boot.full:
-            self._boot_state = 0
+        if self._boot_state == 2:
+            erle = self._mon[2]
+            trusted = not math.isnan(erle) and erle >= p.bootstrap_dt_erle_db
+            include = not (self._mon[1] and trusted)
+            if not boot.push(self._x_cur[0], mic, include):
+                self._boot_state = 0
+            else:
+                if (
+                    include
+                    and not boot.solving
+                    and refit_due(
+                        boot.included_blocks, p.bootstrap_refit_blocks, p.bootstrap_refit_growth
+                    )
+                ):
+                    boot.begin(self._filter_taps(), p.bootstrap_reg, p.bootstrap_iterations)
+                if boot.full:
+                    self._boot_state = 0
+        if boot.solving and boot.iterate(p.bootstrap_iterations_per_block):
+            self._bootstrap_take()
 
-    def _bootstrap_refit(self) -> None:
-        """Solve the segment's LS problem (warm start: the last solution, else the Kalman
-        filter) and replace the filter of each mic where it has the lower segment error."""
-        boot, n, n_part = self._boot, self.block_samples, self.n_partitions
-        p = self.params
-        taps = np.fft.irfft(self._w[:, 0], 2 * n, axis=-1)[..., :n].reshape(self.n_mics, -1)
-        h = boot.solve(taps, p.bootstrap_reg, p.bootstrap_iterations)
-        better = boot.accept(h, taps, p.bootstrap_min_rows, p.bootstrap_max_residual_db)
+    def _filter_taps(self) -> np.ndarray:
+        """``(n_mic, P N)`` impulse responses of the filters (first reference). Allocates."""
+        n = self.block_samples
+        return np.fft.irfft(self._w[:, 0], 2 * n, axis=-1)[..., :n].reshape(self.n_mics, -1)
+
+    def _bootstrap_take(self) -> None:
+        """Replace the filter of each mic where the finished LS solution is admitted."""
+        boot, n, n_part, p = self._boot, self.block_samples, self.n_partitions, self.params
+        h = boot.solution
+        better = boot.accept(
+            h, self._filter_taps(), p.bootstrap_min_rows, p.bootstrap_max_residual_db
+        )
         if np.any(better):
             pad = np.zeros((self.n_mics, n_part, 2 * n))
             pad[..., :n] = h.reshape(self.n_mics, n_part, n)
@@ -1251,20 +1269,27 @@ def aec_reference(
             if not boot.push(x_cur[0], mic[:, sl], include):
                 boot_state = 0
             else:
-                if include and refit_due(
-                    boot.included_blocks, p.bootstrap_refit_blocks, p.bootstrap_refit_growth
+                if (
+                    include
+                    and not boot.solving
+                    and refit_due(
+                        boot.included_blocks, p.bootstrap_refit_blocks, p.bootstrap_refit_growth
+                    )
                 ):
                     taps = np.fft.irfft(w[:, 0], 2 * n)[..., :n].reshape(n_mic, -1)
-                    h = boot.solve(taps, p.bootstrap_reg, p.bootstrap_iterations)
-                    better = boot.accept(h, taps, p.bootstrap_min_rows, p.bootstrap_max_residual_db)
-                    hp = np.concatenate(
-                        [h.reshape(n_mic, n_part, n), np.zeros((n_mic, n_part, n))], -1
-                    )
-                    w[better, 0] = np.fft.rfft(hp, axis=-1)[better]
+                    boot.begin(taps, p.bootstrap_reg, p.bootstrap_iterations)
                 if boot.full:
                     boot_state = 0
+        if boot is not None and boot.solving and boot.iterate(p.bootstrap_iterations_per_block):
+            taps = np.fft.irfft(w[:, 0], 2 * n)[..., :n].reshape(n_mic, -1)
+            h = boot.solution
+            better = boot.accept(h, taps, p.bootstrap_min_rows, p.bootstrap_max_residual_db)
+            hp = np.concatenate([h.reshape(n_mic, n_part, n), np.zeros((n_mic, n_part, n))], -1)
+            w[better, 0] = np.fft.rfft(hp, axis=-1)[better]
         if change:
             boot_state = 1
+            if boot is not None:
+                boot.abort()
             div[:] = 0
             pw[:, 3:5] = 0.0
             pc = np.full(w.shape, p.initial_state_var)

@@ -157,6 +157,7 @@ class LsBootstrap:
         self.n_gaps = 0
         self.blocks = 0
         self.solution = np.zeros((n_mics, taps), np.float64)
+        self._left = 0  # PCG iterations left in the current solve
 
     def start(self, pre: np.ndarray) -> None:
         """A new segment; ``pre (L - 1,)``: the reference samples before it."""
@@ -172,6 +173,7 @@ class LsBootstrap:
         self.n_gaps = 0
         self.blocks = 0
         self.solution.fill(0.0)
+        self._left = 0
 
     @property
     def full(self) -> bool:
@@ -235,35 +237,62 @@ class LsBootstrap:
             out -= np.fft.irfft(np.conj(s_spec) * np.fft.rfft(w, axis=-1), nf, axis=-1)[:, :L]
         return out
 
-    def solve(self, h0: np.ndarray, reg: float, iterations: int, tol: float = 1e-12) -> np.ndarray:
-        """PCG on ``(R + reg t_0 I) h = r`` from ``h0 (n_mic, L)``; the solution is kept in
-        :attr:`solution` (and returned). Allocates (once per refit)."""
+    def begin(self, h0: np.ndarray, reg: float, iterations: int) -> None:
+        """Start PCG on ``(R + reg t_0 I) h = r`` from ``h0 (n_mic, L)`` on a snapshot of
+        the segment so far (blocks pushed meanwhile do not change it); :meth:`iterate`
+        runs it. Allocates (once per refit)."""
         L = self.taps
-        op = self._operator()
+        self._op = self._operator()
+        self._r_snap = self.r.copy()
+        self._yy_snap = self.yy.copy()
         lam = reg * self.t[0] + 1e-12
         k = np.arange(L)
         chan = ((L - k) * self.t + k * self.t[(L - k) % L]) / L  # T. Chan's circulant
-        eig = np.maximum(np.fft.rfft(chan).real, 0.0) + lam
+        self._eig = np.maximum(np.fft.rfft(chan).real, 0.0) + lam
+        self._lam = lam
         x = h0.copy()
-        res = self.r - self._matvec(op, x) - lam * x
-        z = np.fft.irfft(np.fft.rfft(res, axis=-1) / eig, L, axis=-1)
-        p = z.copy()
-        rz = np.sum(res * z, axis=1)
-        stop = tol * tol * np.maximum(np.sum(self.r**2, axis=1), 1e-30)
-        for _ in range(iterations):
-            ap = self._matvec(op, p) + lam * p
+        res = self._r_snap - self._matvec(self._op, x) - lam * x
+        z = np.fft.irfft(np.fft.rfft(res, axis=-1) / self._eig, L, axis=-1)
+        self._cg = [x, res, z.copy(), np.sum(res * z, axis=1)]  # x, residual, p, r.z
+        self._left = iterations
+
+    @property
+    def solving(self) -> bool:
+        """A solve begun by :meth:`begin` has iterations left."""
+        return self._left > 0
+
+    def iterate(self, count: int) -> bool:
+        """Up to ``count`` PCG iterations of the current solve; ``True`` when it is done
+        (then :attr:`solution` holds it); ``False`` also when no solve is running."""
+        if not self._left:
+            return False
+        L, lam = self.taps, self._lam
+        x, res, p, rz = self._cg
+        for _ in range(min(count, self._left)):
+            ap = self._matvec(self._op, p) + lam * p
             alpha = rz / np.maximum(np.sum(p * ap, axis=1), 1e-300)
             x += alpha[:, None] * p
             res -= alpha[:, None] * ap
-            if np.all(np.sum(res**2, axis=1) <= stop):
-                break
-            z = np.fft.irfft(np.fft.rfft(res, axis=-1) / eig, L, axis=-1)
+            z = np.fft.irfft(np.fft.rfft(res, axis=-1) / self._eig, L, axis=-1)
             rz_new = np.sum(res * z, axis=1)
             p = z + (rz_new / np.maximum(rz, 1e-300))[:, None] * p
             rz = rz_new
+            self._left -= 1
+        self._cg = [x, res, p, rz]
+        if self._left:
+            return False
         self.solution[...] = x
-        self._op = op
-        return x
+        return True
+
+    def abort(self) -> None:
+        """Drop a solve in progress."""
+        self._left = 0
+
+    def solve(self, h0: np.ndarray, reg: float, iterations: int) -> np.ndarray:
+        """:meth:`begin` and all its iterations; returns :attr:`solution`."""
+        self.begin(h0, reg, iterations)
+        self.iterate(iterations)
+        return self.solution
 
     def accept(
         self, h: np.ndarray, h_now: np.ndarray, min_rows: float, max_residual_db: float
@@ -275,15 +304,15 @@ class LsBootstrap:
         leaves a large residual, and such a fit is refused), and it is below ``h_now``'s."""
         c = self.cost(h)
         ok = c < self.cost(h_now)
-        ok &= c <= 10.0 ** (max_residual_db / 10.0) * self.yy
+        ok &= c <= 10.0 ** (max_residual_db / 10.0) * self._yy_snap
         ok &= self.included_blocks * self.block_samples >= min_rows * self.taps
         return ok
 
     def cost(self, h: np.ndarray) -> np.ndarray:
-        """``(n_mic,)`` squared error of the filters ``h (n_mic, L)`` over the segment's
-        included samples (``yy - 2 h.r + h.R h``; after :meth:`solve`)."""
+        """``(n_mic,)`` squared error of the filters ``h (n_mic, L)`` over the included
+        samples of the last solve's snapshot (``yy - 2 h.r + h.R h``)."""
         return (
-            self.yy
-            - 2.0 * np.sum(h * self.r, axis=1)
+            self._yy_snap
+            - 2.0 * np.sum(h * self._r_snap, axis=1)
             + np.sum(h * self._matvec(self._op, h), axis=1)
         )
