@@ -14,16 +14,17 @@ Scenes (:mod:`mica.evaluation.echo_scene`; far end peak 0.5 into ``tanh(2 x) / 2
   the second half.
 
 Methods on microphone 0: ``mica`` (:class:`~mica.array_dsp.echo.EchoControl`, 128 ms tail,
-bulk delay on), ``speex`` (libspeexdsp's MDF echo canceller through the ``speexdsp-aec``
+bulk delay on), ``mica-kf`` (the same without the least-squares bootstrap: the Kalman
+filter alone), ``speex`` (libspeexdsp's MDF echo canceller through the ``speexdsp-aec``
 ctypes wheel, 10 ms frames, 128 ms tail, 16-bit I/O; needs the system ``libspeexdsp1``);
 for the 4-mic scenes also mica's whole chain (AEC per mic -> delay-and-sum ->
 residual-echo gains) against the plain beam.
 
 Prints ERLE (dB, :func:`~mica.evaluation.metrics.erle_db`) per 0.5 s window, the
 steady-state ERLE (median of the second half's windows), the time until the 1 s mean ERLE
-first reaches 20 dB and the steady state - 3 dB (from the first far-end sound), the online
-ERLE estimate at
-the end, and, in double talk, near-end PESQ-wb and SI-SDR of the output over the
+first reaches 20 dB and the steady state - 3 dB (from the first far-end sound), the ERLE
+over the first and over the second second after the far-end onset, the online ERLE
+estimate at the end, and, in double talk, near-end PESQ-wb and SI-SDR of the output over the
 double-talk window against the near end alone (the mic without echo scores the "near end
 alone" row), plus the real-time factor per microphone. For each single-talk scene also the
 caps of a perfect linear canceller (steady ERLE left by the loudspeaker nonlinearity, by the
@@ -44,7 +45,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import fftconvolve
 
-from mica.array_dsp.echo import EchoControl
+from mica.array_dsp.aec import AecParams
+from mica.array_dsp.echo import EchoControl, EchoParams
 from mica.array_dsp.enhancer import Enhancer
 from mica.evaluation.echo_scene import FS_HZ, EchoScene, make_echo_scene
 from mica.evaluation.metrics import erle_db, pesq_wb, si_sdr_db
@@ -62,11 +64,13 @@ def corpus_path() -> Path:
 
 
 def run_mica(
-    scene: EchoScene, n_mics: int = 1, state: dict | None = None
+    scene: EchoScene, n_mics: int = 1, state: dict | None = None, bootstrap: bool = True
 ) -> tuple[np.ndarray, float, float]:
     """``(out (n_mics, n), online ERLE estimate at the end, seconds of processing)``;
-    ``state`` (if given) receives the applied bulk delay and the tail (samples)."""
-    echo = EchoControl(n_mics, 1, HOP, FS_HZ)
+    ``state`` (if given) receives the applied bulk delay and the tail (samples);
+    ``bootstrap=False``: without the least-squares bootstrap (the Kalman filter alone)."""
+    params = EchoParams() if bootstrap else EchoParams(aec=AecParams(bootstrap_s=0.0))
+    echo = EchoControl(n_mics, 1, HOP, FS_HZ, params)
     echo.warmup()
     mic = scene.mic[:n_mics]
     n_blocks = mic.shape[1] // HOP
@@ -179,6 +183,14 @@ def convergence(windows: list[float], onset_s: float) -> tuple[float, float, flo
     return steady, first(20.0), first(steady - 3.0)
 
 
+def onset_erle(echo: np.ndarray, residual: np.ndarray, onset: float) -> tuple[float, float]:
+    """ERLE (dB) over the first and the second second after the far-end onset."""
+    a = int(round(onset * FS_HZ))
+    spans = [slice(a + i * FS_HZ, a + (i + 1) * FS_HZ) for i in (0, 1)]
+    first, second = (erle_db(echo[sl], residual[sl]) for sl in spans)
+    return first, second
+
+
 def onset_s(scene: EchoScene) -> float:
     active = np.nonzero(np.abs(scene.ref[0]) > 1e-3)[0]
     return float(active[0]) / FS_HZ if active.size else 0.0
@@ -212,7 +224,10 @@ def main() -> None:
     print(f"speex: {'available' if speex_why is None else 'NOT RUN: ' + speex_why}")
     for name, scene in scenes.items():
         state: dict = {}
-        methods = {"mica": run_mica(scene, state=state)}
+        methods = {
+            "mica": run_mica(scene, state=state),
+            "mica-kf": run_mica(scene, bootstrap=False),
+        }
         if speex_why is None:
             out, sec = run_speex(scene)
             methods["speex"] = (out, float("nan"), sec)
@@ -226,16 +241,20 @@ def main() -> None:
             row: dict = {"rtf_per_mic": rtf, "erle_windows_db": wins}
             if scene.near_window_s is None:
                 steady, t20, t_conv = convergence(wins, on)
+                first, second = onset_erle(scene.echo[0, : out.shape[1]], residual, on)
                 row.update(
                     steady_erle_db=steady,
                     reached_20db_s=t20,
                     converged_s=t_conv,
+                    first_second_erle_db=first,
+                    second_second_erle_db=second,
                     online_erle_db=online,
                 )
                 print(
-                    f"{method:6s} steady ERLE {steady:5.1f} dB; 1 s mean >= 20 dB after "
-                    f"{t20:4.1f} s, within 3 dB of steady after {t_conv:4.1f} s; online "
-                    f"estimate {online:5.1f} dB; RTF {rtf:.4f}"
+                    f"{method:7s} steady ERLE {steady:5.1f} dB; 1 s mean >= 20 dB after "
+                    f"{t20:4.1f} s, within 3 dB of steady after {t_conv:4.1f} s; ERLE over "
+                    f"the first / second second after onset {first:5.1f} / {second:5.1f} dB; "
+                    f"online estimate {online:5.1f} dB; RTF {rtf:.4f}"
                 )
             else:
                 a, b = (int(t * FS_HZ) for t in scene.near_window_s)
@@ -246,7 +265,7 @@ def main() -> None:
                     single_talk_erle_db=float(np.nanmedian(wins[2 : len(wins) // 2])),
                 )
                 print(
-                    f"{method:6s} near-end PESQ {row['pesq']:.2f}, SI-SDR "
+                    f"{method:7s} near-end PESQ {row['pesq']:.2f}, SI-SDR "
                     f"{row['si_sdr_db']:5.1f} dB in double talk; ERLE before it "
                     f"{row['single_talk_erle_db']:5.1f} dB, RTF {rtf:.4f}"
                 )
