@@ -546,6 +546,18 @@ class DriftCompensator:
             self.drift_ppm = float(drift_ppm)
             self._apply_step(0.0)
 
+    def skip(self, n: int) -> None:
+        """Rate-only: the reference lost ``n`` samples (an overrun gap): move the read
+        position on as if ``n`` outputs had been made (exact, O(1)), so physical time stays
+        lined up."""
+        if not self.rate_only:
+            raise SignalShapeError("skip() is for a rate-only compensator")
+        n = int(n)
+        if n > 0:
+            self.resampler.advance(n)
+            self._k += n
+            self._t_total += n
+
     @property
     def offset_samples(self) -> float:
         """Device sample index minus reference sample index at the current read position."""

@@ -240,6 +240,7 @@ class _Device:
         self.last_seq: int | None = None  # of the connection in use (dropped blocks: a gap)
         self.resyncs = 0  # rate-only: read position moved onto the timestamp lines
         self.timed = False  # rate-only: positioned on the timestamp lines since (re)start
+        self.dropped_frames = 0  # frames of the blocks the queue dropped before the last one
 
 
 EventCallback = Callable[[str, DriftEvent, str], None]
@@ -703,6 +704,7 @@ class MultiCapture:
             # a rate-only device also a gap of its input (its sample index stays right)
             last, dev.last_seq = dev.last_seq, block.seq
             lost = 0 if last is None else max(block.seq - last - 1, 0) * block.n_samples
+            dev.dropped_frames = lost
             dev.rate.add(block, lost)
             if lost and dev.spec.role == ROLE_REFERENCE:
                 block = Block(block.samples, block.seq, block.t_capture_ns,
@@ -730,6 +732,8 @@ class MultiCapture:
                 f"capture device {ref.spec.name!r}: block of "
                 f"{block.n_samples} frames, expected {self.period_frames}"
             )
+        if block.gap_frames or ref.dropped_frames:  # reference time lost: loopbacks skip it
+            self._skip_rate_only(block.gap_frames + ref.dropped_frames)
         for i, dev in enumerate(self._devices):
             if i == self._reference:
                 continue
@@ -744,6 +748,22 @@ class MultiCapture:
         self._maybe_update_priors()
         self._maybe_update_rates(block)
         return Block(merged.copy(), block.seq, block.t_capture_ns, block.gap_frames)
+
+    def _skip_rate_only(self, gap_frames: int) -> None:
+        """The reference lost ``gap_frames`` (an overrun, or blocks its full queue dropped):
+        every rate-only device skips the
+        same stretch of time at once (the timestamp check would find it only later, after
+        the canceller adapted on a misaligned loopback); a gap longer than the kept input
+        restarts it from its timestamps."""
+        for i, dev in enumerate(self._devices):
+            comp = dev.comp
+            if not self.aligner.rate_only[i] or comp is None or not self.aligner.started(i):
+                continue
+            if gap_frames * (1 + 1e-6 * comp.drift_ppm) < comp.resampler.history_samples:
+                comp.skip(gap_frames)
+            else:
+                dev.rate = _RateMeter()
+                self.aligner.drop(i)
 
     def _fill_device(self, i: int, dev: _Device, ref_block: Block) -> None:
         """Queue device ``i``'s input into the aligner until it can make the next block
@@ -883,19 +903,23 @@ class MultiCapture:
         """Every :data:`RATE_ONLY_UPDATE_S`: each rate-only (echo reference) device's drift
         from the least-squares fits of both devices' timestamps, ``(r_dev / r_ref - 1) 1e6``
         ppm, with the two fits' standard errors combined (combined with a calibrated nominal
-        drift by inverse variance, as the priors are); the resampler follows it. Then its
-        read position is checked against the lines (:meth:`_resync`). ``ref_block``: the
-        reference block just aligned."""
+        drift by inverse variance, as the priors are); the resampler follows it. Every
+        block: its read position is checked against the lines (:meth:`_resync`).
+        ``ref_block``: the reference block just aligned."""
         self._rate_frames += ref_block.n_samples  # stream time: a backlog read at once counts
-        if self._rate_frames < RATE_ONLY_UPDATE_S * self.fs_hz:
-            return
-        self._rate_frames = 0
+        update = self._rate_frames >= RATE_ONLY_UPDATE_S * self.fs_hz
+        if update:
+            self._rate_frames = 0
         ref_meter = self._devices[self._reference].rate
         ref_fit = ref_meter.fit(RATE_ONLY_MIN_S)
         if ref_fit is None:
             return
         for i, dev in enumerate(self._devices):
             if not self.aligner.rate_only[i] or not dev.up or dev.comp is None:
+                continue
+            if not update:  # between rate updates: only the (cheap) timestamp check
+                if dev.timed:
+                    self._resync(i, dev, ref_meter, ref_block, ref_fit[0])
                 continue
             fit = dev.rate.fit(RATE_ONLY_MIN_S)
             if fit is None:
