@@ -17,8 +17,10 @@ more per band and stream, appended after every stream's two base blocks:
 
 - noise-floor SNR ``(l_b - n_b) / 4``: ``n_b`` is a minimum tracker on the smoothed log energy
   ``s <- FLOOR_SMOOTH s + (1 - FLOOR_SMOOTH) l`` (``s`` starts at the first frame's ``l``),
-  ``n <- min(s, n + FLOOR_RISE)`` (rises at most ~6 dB/s; minimum statistics, Martin 2001,
-  in its simplest recursive form); the level above the noise floor (a posteriori SNR);
+  ``n <- max(min(s, n + FLOOR_RISE), mu - FLOOR_BELOW_MEAN)`` (rises at most ~6 dB/s and
+  stays within 30 dB of the running mean ``mu``, so a silent start or a dropout cannot
+  leave it stuck far below; minimum statistics, Martin 2001, in its simplest recursive
+  form); the level above the noise floor (a posteriori SNR);
 - temporal delta ``(l_b(t) - l_b(t - 1)) / 4`` (0 at the first frame): onsets, clicks;
 - in-band spectral flatness ``(ln(sum_k w P_k / W) - sum_k w ln(P_k + EPS) / W - 0.6) / 2``
   with ``W = sum_k w_bk`` (>= 0 by Jensen; about 0.58 for Gaussian noise over many bins, larger
@@ -37,6 +39,7 @@ FEATS_PER_BAND = 2
 EXT_FEATS_PER_BAND = 3
 FLOOR_SMOOTH = 0.6
 FLOOR_RISE = 0.0138  # ln units per 10 ms frame = 6 dB/s
+FLOOR_BELOW_MEAN = 6.91  # ln units = 30 dB
 FLAT_OFFSET = 0.6
 
 
@@ -96,9 +99,11 @@ def features_reference(
     logs = np.log(energies + EPS)
     a = NORM_ALPHA
     out = []
+    means = []
     for s in range(n_streams):
         lg = logs[s]
         mu, _ = scipy.signal.lfilter([1.0 - a], [1.0, -a], lg, axis=0, zi=a * lg[:1])
+        means.append(mu)
         out.append((lg - mu) / 4.0)
         out.append((lg + 10.0) / 5.0)
     if extended:
@@ -111,7 +116,7 @@ def features_reference(
             floor = np.empty_like(lg)
             n = sm[0]
             for t in range(n_frames):
-                n = np.minimum(sm[t], n + FLOOR_RISE)
+                n = np.maximum(np.minimum(sm[t], n + FLOOR_RISE), means[s][t] - FLOOR_BELOW_MEAN)
                 floor[t] = n
             delta = np.diff(lg, axis=0, prepend=lg[:1])
             mean_log = np.log(power[s] + EPS) @ w64.T / wsum

@@ -2,16 +2,20 @@
 
 Per 10 ms frame (RNNoise-like, Valin 2018): log ERB-band energies of each input stream (the
 beam output; optionally a noise reference) with running-mean normalisation
-(:mod:`mica.models.features`) -> ``Linear + tanh`` -> ``GRU`` -> ``GRU`` -> ``Linear(h1 ++ h2)
-+ sigmoid`` = one gain per band -> interpolated to bins -> floored -> applied to the beam
-spectrum. Causal, no look-ahead: it adds no latency to the STFT chain.
+(:mod:`mica.models.features`; a card with ``"features": "ext"`` adds per band a noise-floor
+SNR, a temporal delta and the in-band spectral flatness) -> ``Linear + tanh`` -> ``GRU`` ->
+``GRU`` -> ``Linear(h1 ++ h2) + sigmoid`` = one gain per band -> interpolated to bins ->
+floored -> applied to the beam spectrum. Causal, no look-ahead: it adds no latency to the
+STFT chain.
 
 The bundle is ``<name>.npz`` (float32 arrays, names as :meth:`BandGainNet.to_arrays` in the
 training recipe) plus ``<name>.json``, the model card: ``version``, ``n_params``,
 ``macs_per_frame``, ``macs_per_s``, ``n_streams``, ``n_bands``, ``n_bins``, ``fs_hz``,
-``hop_samples``, ``gain_floor_db``, ``training`` (data, command, steps) and ``metrics``.
+``hop_samples``, ``gain_floor_db``, ``features`` (``base`` when absent, or ``ext``),
+``training`` (data, command, steps) and ``metrics``.
 The default bundle is ``models/data/denoiser-v1`` (package data); ``denoiser-v2`` (v1
-fine-tuned for do-no-harm) ships beside it and loads by path.
+fine-tuned for do-no-harm) and ``denoiser-v3`` (extended features, more noise kinds) ship
+beside it and load by path.
 
 :class:`GruDenoiser` runs one Numba kernel per frame into buffers allocated in its
 constructor (``nogil``; nothing is allocated per frame).
@@ -34,6 +38,7 @@ from mica.array_dsp.validate import check_array
 from mica.models.features import (
     EPS,
     FLAT_OFFSET,
+    FLOOR_BELOW_MEAN,
     FLOOR_RISE,
     FLOOR_SMOOTH,
     NORM_ALPHA,
@@ -220,7 +225,7 @@ def gru_denoiser_kernel(
                     dl = 0.0
                 else:
                     sm = FLOOR_SMOOTH * smooth[s, b] + (1.0 - FLOOR_SMOOTH) * lg
-                    fl = min(sm, floor[s, b] + FLOOR_RISE)
+                    fl = max(min(sm, floor[s, b] + FLOOR_RISE), m - FLOOR_BELOW_MEAN)
                     dl = lg - prev[s, b]
                 smooth[s, b] = np.float32(sm)
                 floor[s, b] = np.float32(fl)
