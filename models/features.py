@@ -13,7 +13,10 @@ value. The first half is level-independent (what stands out of the long-term spe
 the second tells the absolute level.
 
 Extended features (``extended=True``, bundles whose card says ``"features": "ext"``), three
-more per band and stream, appended after every stream's two base blocks:
+more per band and stream, appended after every stream's two base blocks; with them the
+running mean starts warm, ``a_t = min(NORM_ALPHA, t / (t + 1))`` at frame ``t`` (the plain
+mean of the frames so far for the first second), so a faint or silent start (a beamformer
+that is still converging) does not bias it for seconds:
 
 - noise-floor SNR ``(l_b - n_b) / 4``: ``n_b`` is a minimum tracker on the smoothed log energy
   ``s <- FLOOR_SMOOTH s + (1 - FLOOR_SMOOTH) l`` (``s`` starts at the first frame's ``l``),
@@ -102,7 +105,15 @@ def features_reference(
     means = []
     for s in range(n_streams):
         lg = logs[s]
-        mu, _ = scipy.signal.lfilter([1.0 - a], [1.0, -a], lg, axis=0, zi=a * lg[:1])
+        if extended:  # warm start: the mean of all frames so far until that is ~1 s long
+            mu = np.empty_like(lg)
+            m = lg[0]
+            for t in range(n_frames):
+                at = min(a, t / (t + 1.0))
+                m = at * m + (1.0 - at) * lg[t]
+                mu[t] = m
+        else:
+            mu, _ = scipy.signal.lfilter([1.0 - a], [1.0, -a], lg, axis=0, zi=a * lg[:1])
         means.append(mu)
         out.append((lg - mu) / 4.0)
         out.append((lg + 10.0) / 5.0)

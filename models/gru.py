@@ -191,7 +191,8 @@ def gru_denoiser_kernel(
 
     Every weight matrix is passed transposed (``(n_in, n_out)``, see :func:`_matvec_t`).
 
-    State: ``mu (n_streams, n_bands)``, ``started (1,)`` int64, ``h1, h2 (H,)``; for the
+    State: ``mu (n_streams, n_bands)``, ``started (1,)`` int64 (frames so far, saturating),
+    ``h1, h2 (H,)``; for the
     extended features (when ``feat`` is longer than the base features) also ``smooth``,
     ``floor``, ``prev (n_streams, n_bands)`` (see :mod:`mica.models.features`) with
     ``wsum (n_bands,)`` the band weight sums; scratch:
@@ -203,6 +204,10 @@ def gru_denoiser_kernel(
     first = started[0] == 0
     n_base = 2 * n_bands * n_streams
     ext = feat.shape[0] > n_base
+    alpha = norm_alpha
+    if ext:  # warm start of the running mean (see mica.models.features)
+        t = float(started[0])
+        alpha = min(norm_alpha, t / (t + 1.0))
     for s in range(n_streams):
         for b in range(n_bands):
             e = 0.0
@@ -214,7 +219,7 @@ def gru_denoiser_kernel(
                 if ext:
                     ml += erb_w[b, k] * math.log(pk + EPS)
             lg = math.log(e + EPS)
-            m = lg if first else norm_alpha * mu[s, b] + (1.0 - norm_alpha) * lg
+            m = lg if first else alpha * mu[s, b] + (1.0 - alpha) * lg
             mu[s, b] = np.float32(m)
             feat[s * 2 * n_bands + b] = np.float32((lg - m) / 4.0)
             feat[s * 2 * n_bands + n_bands + b] = np.float32((lg + 10.0) / 5.0)
@@ -235,7 +240,8 @@ def gru_denoiser_kernel(
                 feat[base + b] = np.float32((lg - fl) / 4.0)
                 feat[base + n_bands + b] = np.float32(dl / 4.0)
                 feat[base + 2 * n_bands + b] = np.float32((flat - FLAT_OFFSET) / 2.0)
-    started[0] = 1
+    if started[0] < 1_000_000:
+        started[0] += 1
     _matvec_t(dense_w, feat, dense_b, dense)
     for j in range(dense.shape[0]):
         dense[j] = np.float32(math.tanh(dense[j]))
