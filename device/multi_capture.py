@@ -102,10 +102,13 @@ TIMESTAMP_OUTLIER_RUN = 50
 RATE_ONLY_UPDATE_S = 0.25
 """How often (s of reference signal) a rate-only device's resampling rate follows its
 timestamp fit."""
-RESYNC_S = 1e-3
+RESYNC_S = 0.02
 """A rate-only device whose read position is this far (s) from where the two devices'
-timestamp lines put it (a reference overrun, blocks dropped, a stream restart) is moved
-there at once; below, the rate alone keeps it (the lines' own error is microseconds)."""
+timestamp lines put it (a loss nobody reported: the reported ones, overrun gaps and blocks
+a full queue dropped, are skipped exactly) is moved there at once. Below, the rate alone
+keeps it: a restarted stream's timestamps can be up to a period off its sound (10 ms
+measured on the ioplug fake devices), and following them would move a loopback the
+canceller had right."""
 
 
 @dataclass
