@@ -178,12 +178,15 @@ def record_live(cfg: Any, seconds: float, mic_channels: list[int] | None = None
     cap = cfg.capture
     n_blocks = max(1, int(round(seconds * cap.fs_hz / cap.period_frames)))
     if cap.devices:
+        from mica.device.multi_capture import clock_reference_index
         from mica.device.sources.alsa import AlsaSource
 
+        # a playback loopback (role "reference") holds no microphones: not calibrated
+        mic_devices = [d for d in cap.devices if d.role != "reference"]
         sources = []
         groups: list[tuple[str, list[int]]] = []
         try:
-            for dev in cap.devices:
+            for dev in mic_devices:
                 mics = list(dev.mic_channels) or list(range(dev.channels))
                 sources.append(AlsaSource(dev.alsa_device, channels=dev.channels,
                                           fs_hz=cap.fs_hz, format=dev.format,
@@ -195,7 +198,7 @@ def record_live(cfg: Any, seconds: float, mic_channels: list[int] | None = None
                 src.close()
             raise
         # the reference device first: it is the clock the others are measured against
-        ref = next((i for i, d in enumerate(cap.devices) if d.reference), 0)
+        ref = clock_reference_index(mic_devices)
         order = [ref] + [i for i in range(len(sources)) if i != ref]
     else:
         sources = [open_source(cap, mic_channels)]
@@ -339,7 +342,8 @@ def _cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if not args.seconds > 0:
                 raise CalibrationUsageError(f"--seconds must be > 0, got {args.seconds}")
             out.write(f"recording {args.seconds:g} s from "
-                      + (", ".join(d.alsa_device for d in arr.cfg.capture.devices)
+                      + (", ".join(d.alsa_device for d in arr.cfg.capture.devices
+                                   if d.role != "reference")
                          or arr.cfg.capture.alsa_device) + " ...\n")
             out.flush()
             mics = list(arr.cfg.array.mic_channels) or None

@@ -74,13 +74,15 @@ def test_live_two_devices_measures_the_drift(corpus_dir: Path, fake_alsa: FakeAl
                                              capsys: pytest.CaptureFixture) -> None:
     """Two fake ALSA devices from [[capture.devices]], recorded at once: the second's clock
     200 ppm fast (its half rendered at that clock and paced 200 ppm fast, as in
-    tests/device/test_multi_capture.py)."""
+    tests/device/test_multi_capture.py). A third device, the loudspeaker's playback
+    loopback (``role = "reference"``, no microphones), is left out of the calibration."""
     import scipy.signal
 
     x, fs = _talker_in_diffuse_noise(corpus_dir)
     half_b = scipy.signal.resample_poly(x[2:], 5001, 5000, axis=1)
     a = fake_alsa.add_pcm_from_samples("caldev_a", x[:2], fs, "S16_LE", loop=True)
     b = fake_alsa.add_pcm_from_samples("caldev_b", half_b, fs, "S16_LE", loop=True, ppm=200.0)
+    loop = fake_alsa.add_pcm_from_samples("caldev_loop", x[:1], fs, "S16_LE", loop=True)
     geometry = corpus_dir / "multichannel" / f"{SPEECH}.json"
     config = tmp_path / "mica.toml"
     config.write_text(f'[capture]\nsource = "alsa"\nfs_hz = {fs}\nperiod_frames = 160\n'
@@ -88,6 +90,8 @@ def test_live_two_devices_measures_the_drift(corpus_dir: Path, fake_alsa: FakeAl
                       f'geometry_rows = [0, 1]\nreference = true\n'
                       f'[[capture.devices]]\nalsa_device = "{b}"\nchannels = 2\n'
                       f'geometry_rows = [2, 3]\n'
+                      f'[[capture.devices]]\nalsa_device = "{loop}"\nchannels = 1\n'
+                      f'role = "reference"\n[echo]\nenabled = true\n'
                       f'[array]\ngeometry_file = "{geometry}"\n', encoding="utf-8")
     out = tmp_path / "cal.json"
     rc = main(["calibrate", "--live", "--seconds", "6", "--config", str(config),
