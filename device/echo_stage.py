@@ -57,7 +57,7 @@ def echo_control(cfg: Any, n_mics: int) -> EchoControl | None:
         return None
     e = cfg.echo
     params = EchoParams(
-        aec=AecParams(tail_ms=e.tail_ms),
+        aec=AecParams(tail_ms=e.tail_ms, bootstrap_s=e.fast_start_s),
         delay=DelayParams(max_delay_ms=e.max_delay_ms) if e.max_delay_ms > 0 else None,
         res=ResParams(floor_db=e.res_floor_db) if e.res else None,
     )
