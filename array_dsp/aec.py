@@ -778,6 +778,8 @@ class EchoCanceller:
         self.echo = np.zeros((self.n_mics, n), np.float32)
         """``(n_mic, N)`` float32 echo estimate of the last block."""
         self._mon_params = monitor_params(p)
+        self._mon_params_quiet = self._mon_params.copy()  # adapt=False: no far end
+        self._mon_params_quiet[2] = math.inf
         self._pow = np.zeros((self.n_mics, 6), np.float64)
         self._counters = np.zeros(self.n_mics + 1, np.int64)
         self._mon = np.zeros(4 + self.n_mics, np.float64)
@@ -935,9 +937,16 @@ class EchoCanceller:
         for buf in (self._psi, self._s_ex, self._s_xx, self._s_ee, self.coherence):
             buf.fill(0)
 
-    def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    def process(self, mic: np.ndarray, ref: np.ndarray, adapt: bool = True) -> np.ndarray:
         """Cancel the echo of ``ref (n_ref, N)`` in ``mic (n_mic, N)`` (float32); return the
-        ``(n_mic, N)`` float32 error (this object's buffer, overwritten next call)."""
+        ``(n_mic, N)`` float32 error (this object's buffer, overwritten next call).
+
+        ``adapt=False`` (a reference the caller does not trust, e.g. its device is lost):
+        the echo estimate of ``ref`` is still taken out, but the filter ``W``, its state
+        covariance and the error PSD stand still (no Kalman update, no constraint pass),
+        the monitors count the block as no playback (no ERLE, double-talk or echo-path
+        evidence) and an LS bootstrap segment in progress is dropped and re-armed (it
+        starts again at the far end's first block once adapting)."""
         n = self.block_samples
         mic = check_array(mic, "mic", (self.n_mics, n), np.float32)
         ref = check_array(ref, "ref", (self.n_refs, n), np.float32)
@@ -952,7 +961,7 @@ class EchoCanceller:
         p = self.params
         step = p.double_talk_step if self._adapt_hold else 1.0
         forget = p.double_talk_path_forget if self._adapt_hold else p.path_forget
-        if self._full:
+        if adapt and self._full:
             kalman_gain_full_kernel(
                 self._x_hist,
                 self._e_spec,
@@ -969,7 +978,7 @@ class EchoCanceller:
                 self._cx,
                 self._grad,
             )
-        else:
+        elif adapt:
             kalman_gain_kernel(
                 self._x_hist,
                 self._e_spec,
@@ -993,6 +1002,38 @@ class EchoCanceller:
             self._s_ee,
             self.coherence,
         )
+        if adapt:
+            self._update_filter(forget)
+        monitor_kernel(
+            mic,
+            self.out,
+            self.echo,
+            self._x_cur,
+            self.coherence,
+            self._mon_params if adapt else self._mon_params_quiet,
+            self._pow,
+            self._counters,
+            self._mon,
+        )
+        if self._mon[1]:
+            self._adapt_hold = self.params.double_talk_adapt_hold_blocks + 1
+        elif self._adapt_hold:
+            self._adapt_hold -= 1
+        if self._boot is not None and not adapt:
+            if self._boot_state == 2:
+                self._boot_state = 1
+            self._boot.abort()
+        elif self._boot is not None and (self._boot_state or self._boot.solving):
+            self._bootstrap_step(mic)
+        if self._mon[3]:  # the old filter is wrong: start afresh (fastest re-convergence)
+            self.path_changes_total += 1
+            self._restart_filter()
+        return self.out
+
+    def _update_filter(self, forget: float) -> None:
+        """Gradient constraint (every partition, or none: see :meth:`_project_filter`),
+        ``W += grad`` with the time update of the state covariance (``A = forget``)."""
+        n = self.block_samples
         if self._cp == 0:
             _irfft(self._grad, 2 * n, self._grad_time)
             constrain_kernel(self._grad_time_2d)
@@ -1003,27 +1044,6 @@ class EchoCanceller:
             state_update_kernel(self._w, self._grad, self._p, forget**2)
         if self._cp:
             self._project_filter()
-        monitor_kernel(
-            mic,
-            self.out,
-            self.echo,
-            self._x_cur,
-            self.coherence,
-            self._mon_params,
-            self._pow,
-            self._counters,
-            self._mon,
-        )
-        if self._mon[1]:
-            self._adapt_hold = self.params.double_talk_adapt_hold_blocks + 1
-        elif self._adapt_hold:
-            self._adapt_hold -= 1
-        if self._boot is not None and (self._boot_state or self._boot.solving):
-            self._bootstrap_step(mic)
-        if self._mon[3]:  # the old filter is wrong: start afresh (fastest re-convergence)
-            self.path_changes_total += 1
-            self._restart_filter()
-        return self.out
 
     def _bootstrap_step(self, mic: np.ndarray) -> None:
         """The LS bootstrap (:mod:`mica.array_dsp.aec_bootstrap`) for this block: start a

@@ -64,7 +64,12 @@ from mica.device.governor import (
 )
 from mica.device.ha_discovery import discovery_messages
 from mica.device.mqtt_link import AudioChunk, AudioChunker, MqttLink
-from mica.device.multi_capture import MultiCapture, clock_reference_index, open_multi_capture
+from mica.device.multi_capture import (
+    ROLE_REFERENCE,
+    MultiCapture,
+    clock_reference_index,
+    open_multi_capture,
+)
 from mica.device.reblock import Reblocker
 from mica.device.ring import DropOldestQueue
 from mica.device.sd_notify import Notifier, Watchdog
@@ -491,6 +496,8 @@ class Service:
         wait_s = REOPEN_BACKOFF_S[min(attempt, len(REOPEN_BACKOFF_S) - 1)]
         if self._stop.wait(wait_s):
             return
+        if self.enhancer.echo is not None:  # a new capture set: a loopback missing from it
+            self.enhancer.echo.hold(False)  # holds the canceller again (device_lost)
         try:
             self._source = self._source_factory()
         except MicaError as err:
@@ -706,9 +713,15 @@ class Service:
 
     def _on_capture_device_event(self, kind: str, payload: dict[str, Any]) -> None:
         """One device of a multi-device array lost or back (the array goes on without it):
-        ``event/device_lost`` / ``event/device_back`` naming it; counted as a device error."""
+        ``event/device_lost`` / ``event/device_back`` naming it; counted as a device error.
+        The echo reference device (``"role": "reference"``) lost holds the echo canceller
+        (its reference rows are zeros while the loudspeaker may play), back releases it
+        (:meth:`~mica.array_dsp.echo.EchoControl.hold`: a flag the DSP thread reads)."""
         if kind == "device_lost":
             self.device_errors_total += 1
+        echo = self.enhancer.echo
+        if echo is not None and payload.get("role") == ROLE_REFERENCE:
+            echo.hold(kind == "device_lost")
         if self.link is not None:
             self.link.publish_event(kind, payload)
 
