@@ -123,7 +123,8 @@ def array_scenarios(corpus: Path, quick: bool) -> list[Scenario]:
 
 def mica_single(kind: str, bundle: str | None = None) -> Callable[[Scenario], np.ndarray]:
     def run(sc: Scenario) -> np.ndarray:
-        return denoise_signal(sc.reference_mic_signal, make_postfilter(kind, 161, bundle))
+        return denoise_signal(sc.reference_mic_signal,
+                              make_postfilter(kind, 161, bundle, n_mics=1))
 
     return run
 

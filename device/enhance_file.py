@@ -290,7 +290,7 @@ def enhance_file(
         beamformer=beamformer,
         auto_steer=auto,
         track_doa=True,
-        postfilter=make_postfilter(denoiser, hop_samples + 1),
+        postfilter=make_postfilter(denoiser, hop_samples + 1, n_mics=geometry.n_channels),
         echo=None if reference is None else EchoControl(
             geometry.n_channels, reference.shape[0], hop_samples, OUTPUT_FS_HZ),
     )

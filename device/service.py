@@ -210,7 +210,8 @@ class Service:
                                  sound_speed_m_s=cfg.dsp.sound_speed_m_s,
                                  postfilter=make_postfilter(
                                      cfg.dsp.denoiser, cfg.dsp.hop_samples + 1,
-                                     cfg.dsp.denoiser_bundle or None))
+                                     cfg.dsp.denoiser_bundle or None,
+                                     n_mics=self.geometry.n_channels))
         self.doa_azimuth_deg: float | None = None
         self.echo_report = EchoReport(self.enhancer.echo)  # [echo]: telemetry, events
         self._n_refs = n_reference_channels(cfg)  # after the mics in each block (0: no echo)

@@ -47,6 +47,10 @@ from mica.models.features import (
 )
 
 DEFAULT_BUNDLE = "denoiser-v1"
+"""The shipped bundle behind a beamformer (array mode: best after MVDR, benchmarks/denoise.py)."""
+SINGLE_MIC_BUNDLE = "denoiser-v3"
+"""The shipped bundle for one microphone (best on a single channel; worse than v1 after
+MVDR at 5-10 dB SNR, where the residual noise differs from what it trained on)."""
 WEIGHT_NAMES = ("dense_w", "dense_b", "gru1_wi", "gru1_wh", "gru1_bi", "gru1_bh",
                 "gru2_wi", "gru2_wh", "gru2_bi", "gru2_bh", "out_w", "out_b", "erb_w")
 
@@ -77,8 +81,11 @@ class Bundle:
         return self.card.get("features", "base") == "ext"
 
 
-def default_bundle_path() -> Path:
-    return Path(str(resources.files("mica.models") / "data" / f"{DEFAULT_BUNDLE}.npz"))
+def default_bundle_path(n_mics: int = 2) -> Path:
+    """The shipped bundle for ``n_mics`` microphones: :data:`SINGLE_MIC_BUNDLE` for one,
+    :data:`DEFAULT_BUNDLE` behind a beamformer."""
+    name = SINGLE_MIC_BUNDLE if n_mics == 1 else DEFAULT_BUNDLE
+    return Path(str(resources.files("mica.models") / "data" / f"{name}.npz"))
 
 
 def load_bundle(path: str | Path | None = None) -> Bundle:

@@ -39,10 +39,12 @@ class SpectralPostfilter(Protocol):
     def warmup(self) -> None: ...
 
 
-def make_postfilter(kind: str, n_bins: int, bundle: str | None = None) -> SpectralPostfilter | None:
+def make_postfilter(kind: str, n_bins: int, bundle: str | None = None,
+                    n_mics: int = 2) -> SpectralPostfilter | None:
     """The post-filter for ``kind`` (one of :data:`DENOISERS`), or ``None`` for ``off``.
 
-    ``bundle``: weights bundle path for ``model`` (default: the one shipped in the package).
+    ``bundle``: weights bundle path for ``model`` (default: the one shipped in the package
+    for ``n_mics`` microphones, :func:`mica.models.gru.default_bundle_path`).
     Raises :class:`ConfigError` for an unknown kind.
     """
     if kind == "off":
@@ -52,9 +54,9 @@ def make_postfilter(kind: str, n_bins: int, bundle: str | None = None) -> Spectr
 
         return MmseDenoiser(n_bins)
     if kind == "model":
-        from mica.models.gru import GruDenoiser, load_bundle
+        from mica.models.gru import GruDenoiser, default_bundle_path, load_bundle
 
-        return GruDenoiser(load_bundle(bundle), n_bins)
+        return GruDenoiser(load_bundle(bundle or default_bundle_path(n_mics)), n_bins)
     raise ConfigError([f"denoiser: must be one of {list(DENOISERS)}, got {kind!r}"])
 
 

@@ -16,6 +16,8 @@ from mica.array_dsp.stft import stft_reference
 from mica.evaluation.metrics import pesq_wb, si_sdr_db, stoi_score
 from mica.models.features import erb_weights, features_reference
 from mica.models.gru import (
+    DEFAULT_BUNDLE,
+    SINGLE_MIC_BUNDLE,
     BundleError,
     GruDenoiser,
     count_macs_per_frame,
@@ -178,18 +180,30 @@ def test_bad_bundles(tmp_path: Path, bundle) -> None:
         GruDenoiser(b2, 161).process(np.zeros(161, np.complex64))
 
 
-def test_improves_sisdr_and_stoi_on_held_apart_clip_at_0db(held_clip) -> None:
+def test_shipped_bundle_follows_the_microphone_count() -> None:
+    """One microphone gets the single-channel bundle, an array the one made for the beam."""
+    assert make_postfilter("model", 161, n_mics=1).version == load_bundle(
+        default_bundle_path(1)).version
+    assert default_bundle_path(1).stem == SINGLE_MIC_BUNDLE
+    for n_mics in (2, 4, 8):
+        assert default_bundle_path(n_mics).stem == DEFAULT_BUNDLE
+    assert SINGLE_MIC_BUNDLE != DEFAULT_BUNDLE
+
+
+@pytest.mark.parametrize("n_mics", [1, 4])
+def test_improves_sisdr_and_stoi_on_held_apart_clip_at_0db(held_clip, n_mics: int) -> None:
     clean, noisy = held_clip
-    out = denoise_signal(noisy, make_postfilter("model", 161))
+    out = denoise_signal(noisy, make_postfilter("model", 161, n_mics=n_mics))
     mmse = denoise_signal(noisy, MmseDenoiser(161))
     assert si_sdr_db(out, clean) >= si_sdr_db(noisy, clean) + 3.0
     assert stoi_score(out, clean) >= stoi_score(noisy, clean) + 0.005
     assert pesq_wb(out, clean) >= pesq_wb(mmse, clean)  # the model beats the fallback
 
 
-def test_clean_speech_stays_clean(held_clip) -> None:
+@pytest.mark.parametrize("n_mics", [1, 4])
+def test_clean_speech_stays_clean(held_clip, n_mics: int) -> None:
     clean, _ = held_clip
-    out = denoise_signal(clean, make_postfilter("model", 161))
+    out = denoise_signal(clean, make_postfilter("model", 161, n_mics=n_mics))
     assert si_sdr_db(out, clean) >= 15.0
     assert pesq_wb(out, clean) >= 4.0  # identity: 4.64
 
