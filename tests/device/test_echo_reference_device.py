@@ -461,21 +461,30 @@ def test_daemon_cancels_echo_from_a_loopback_device_on_its_own_clock(
         mqtt_subscriber,
         audio_s,
     )
-    two = _run_for(
-        _echo_config(
-            f"echo-two-{tag}",
-            mqtt_broker,
-            {
-                "devices": [
-                    {"alsa_device": pcm_loop, "channels": 1, "role": "reference"},
-                    {"alsa_device": pcm_mics, "channels": 4, "geometry_rows": [0, 1, 2, 3]},
-                ]
-            },
-        ),
-        tmp_path,
-        mqtt_subscriber,
-        audio_s,
-    )
+    # An overrun on a loaded test machine places the fake devices' restarted streams only
+    # to about a period (their timestamps), which the canceller must re-learn (noted in
+    # issue 11): the comparison is of the undisturbed scene, so a run with an overrun is
+    # repeated (at most twice; the last run counts whatever happened).
+    for attempt in range(3):
+        two = _run_for(
+            _echo_config(
+                f"echo-two-{tag}-{attempt}",
+                mqtt_broker,
+                {
+                    "devices": [
+                        {"alsa_device": pcm_loop, "channels": 1, "role": "reference"},
+                        {"alsa_device": pcm_mics, "channels": 4,
+                         "geometry_rows": [0, 1, 2, 3]},
+                    ]
+                },
+            ),
+            tmp_path,
+            mqtt_subscriber,
+            audio_s,
+        )
+        if max((t.get("xruns_total", 0) for t in two), default=0) == 0:
+            break
+        print(f"two-device run {attempt}: capture overrun(s), measured again")
     erle_one = [t["echo"]["erle_db"] for t in single]  # None before any far-end-only block
     erle_two = [t["echo"]["erle_db"] for t in two]
     drift = [t["drift"][pcm_loop] for t in two if "drift" in t]
