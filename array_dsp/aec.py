@@ -374,6 +374,29 @@ def error_kernel(
 
 
 @kernel
+def _error_psd_kernel(e_spec: np.ndarray, psi: np.ndarray, m: int, beta: float,
+                      flat_floor: float) -> float:
+    """Mic ``m``'s error PSD ``psi = beta psi + (1 - beta) |E|^2`` (in place); returns the
+    flat floor ``flat_floor * mean_k psi`` (shared by both Kalman gain kernels)."""
+    n_bins = psi.shape[1]
+    mean_psi = 0.0
+    for k in range(n_bins):
+        e = e_spec[m, k]
+        psi[m, k] = beta * psi[m, k] + (1.0 - beta) * (e.real * e.real + e.imag * e.imag)
+        mean_psi += psi[m, k]
+    return flat_floor * mean_psi / n_bins
+
+
+@kernel
+def _gain_scale_kernel(psi_mk: float, pxx: float, misalign: float, psi_floor: float,
+                       flat: float, noise_scale: float, step: float) -> float:
+    """``step / (pxx + s psi_s)`` with the near-end PSD
+    ``psi_s = max(psi - c pxx, f psi, flat)`` (shared by both Kalman gain kernels)."""
+    psi_ss = max(psi_mk - misalign * pxx, psi_floor * psi_mk, flat)
+    return step / (pxx + noise_scale * psi_ss + 1e-20)
+
+
+@kernel
 def kalman_gain_kernel(
     x_hist: np.ndarray,
     e_spec: np.ndarray,
@@ -399,13 +422,7 @@ def kalman_gain_kernel(
     """
     n_mic, n_ref, n_part, n_bins = p_cov.shape
     for m in range(n_mic):
-        mean_psi = 0.0
-        for k in range(n_bins):
-            e = e_spec[m, k]
-            e2 = e.real * e.real + e.imag * e.imag
-            psi[m, k] = beta * psi[m, k] + (1.0 - beta) * e2
-            mean_psi += psi[m, k]
-        flat = flat_floor * mean_psi / n_bins
+        flat = _error_psd_kernel(e_spec, psi, m, beta, flat_floor)
         for k in range(n_bins):
             e = e_spec[m, k]
             pxx = 0.0
@@ -413,8 +430,8 @@ def kalman_gain_kernel(
                 for p in range(n_part):
                     x = x_hist[r, p, k]
                     pxx += p_cov[m, r, p, k] * (x.real * x.real + x.imag * x.imag)
-            psi_ss = max(psi[m, k] - misalign * pxx, psi_floor * psi[m, k], flat)
-            inv = step / (pxx + noise_scale * psi_ss + 1e-20)
+            inv = _gain_scale_kernel(psi[m, k], pxx, misalign, psi_floor, flat, noise_scale,
+                                     step)
             for r in range(n_ref):
                 for p in range(n_part):
                     x = x_hist[r, p, k]
@@ -510,12 +527,7 @@ def kalman_gain_full_kernel(
     cx = scratch[0]
     xc = scratch[1]
     for m in range(n_mic):
-        mean_psi = 0.0
-        for k in range(n_bins):
-            e = e_spec[m, k]
-            psi[m, k] = beta * psi[m, k] + (1.0 - beta) * (e.real * e.real + e.imag * e.imag)
-            mean_psi += psi[m, k]
-        flat = flat_floor * mean_psi / n_bins
+        flat = _error_psd_kernel(e_spec, psi, m, beta, flat_floor)
         for k in range(n_bins):
             e = e_spec[m, k]
             for r in range(n_ref):
@@ -528,8 +540,8 @@ def kalman_gain_full_kernel(
                     acc += c_cov[m, k, i, j] * xc[j]
                 cx[i] = acc
                 pxx += (np.conj(xc[i]) * acc).real
-            psi_ss = max(psi[m, k] - misalign * pxx, psi_floor * psi[m, k], flat)
-            inv = step / (pxx + noise_scale * psi_ss + 1e-20)
+            inv = _gain_scale_kernel(psi[m, k], pxx, misalign, psi_floor, flat, noise_scale,
+                                     step)
             for r in range(n_ref):
                 for p in range(n_part):
                     grad[m, r, p, k] = cx[r * n_part + p] * inv * e
