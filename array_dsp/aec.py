@@ -806,11 +806,13 @@ class EchoCanceller:
                 n,
                 boot_blocks,
                 p.bootstrap_max_gaps,
+                max_delay=max_delay_samples,
             )
             if boot_blocks > 0 and self.n_refs == 1
             else None
         )
         self._boot_state = 1  # 0 done, 1 armed (waits for the far end), 2 running
+        self._boot_refit_now = False  # the segment moved to a new delay: refit at once
         self.bootstrap_refits_taken = 0
         """Refits of the LS bootstrap that replaced a mic's filter (since construction)."""
 
@@ -898,9 +900,14 @@ class EchoCanceller:
         for buf in (self._s_ex, self._s_xx, self._s_ee, self.coherence):
             buf.fill(0)
         self._rebuild_history()
-        self._boot_state = 1  # the reference moved: a new LS segment
-        if self._boot is not None:
-            self._boot.abort()
+        if self._boot is not None and self._boot_state == 2 and self._boot.blocks:
+            # the segment so far moves to the new delay: the next refit fits all of it
+            self._boot.redelay(self.delay_samples)
+            self._boot_refit_now = True
+        else:
+            self._boot_state = 1  # a new LS segment at the far end's next block
+            if self._boot is not None:
+                self._boot.abort()
 
     def kept_energy_share(self, delay_samples: int) -> float:
         """Share of the learned filter's tap energy (all mics and references) that
@@ -1036,7 +1043,7 @@ class EchoCanceller:
                 self._boot_state = 1
             self._boot.abort()
         elif self._boot is not None and (self._boot_state or self._boot.solving):
-            self._bootstrap_step(mic)
+            self._bootstrap_step(mic, ref)
         if self._mon[3]:  # the old filter is wrong: start afresh (fastest re-convergence)
             self.path_changes_total += 1
             self._restart_filter()
@@ -1057,33 +1064,42 @@ class EchoCanceller:
         if self._cp:
             self._project_filter()
 
-    def _bootstrap_step(self, mic: np.ndarray) -> None:
+    def _bootstrap_step(self, mic: np.ndarray, ref: np.ndarray) -> None:
         """The LS bootstrap (:mod:`mica.array_dsp.aec_bootstrap`) for this block: start a
         segment at the far end's first block, add the block (its rows only outside
-        trusted double talk), begin a refit when one is due (warm start: the Kalman
-        filter), run ``bootstrap_iterations_per_block`` of its PCG iterations, and when it
-        is done take the LS filter for each mic :meth:`LsBootstrap.accept` admits."""
+        trusted double talk), begin a refit when one is due or the segment moved to a new
+        delay (warm start: the Kalman filter), run ``bootstrap_iterations_per_block`` of
+        its PCG iterations, and when it is done take the LS filter for each mic
+        :meth:`LsBootstrap.accept` admits."""
         boot, n, p = self._boot, self.block_samples, self.params
         if self._boot_state == 1 and self._mon[0]:
             length = self._ring.shape[1]
-            end = int(self._ring_pos[0]) - self.delay_samples - n
-            idx = (end - (boot.taps - 1) + np.arange(boot.taps - 1)) % length
-            boot.start(self._ring[0, idx])
+            head = boot.max_delay + boot.taps - 1  # undelayed samples before this block
+            end = int(self._ring_pos[0]) - n
+            idx = (end - head + np.arange(head)) % length
+            boot.start(self._ring[0, idx], self.delay_samples)
             self._boot_state = 2
+            self._boot_refit_now = False
         if self._boot_state == 2:
             erle = self._mon[2]
             trusted = not math.isnan(erle) and erle >= p.bootstrap_dt_erle_db
             include = not (self._mon[1] and trusted)
-            if not boot.push(self._x_cur[0], mic, include):
+            if not boot.push(self._x_cur[0], mic, include, ref[0]):
                 self._boot_state = 0
             else:
                 if (
                     include
                     and not boot.solving
-                    and refit_due(
-                        boot.included_blocks, p.bootstrap_refit_blocks, p.bootstrap_refit_growth
+                    and (
+                        self._boot_refit_now
+                        or refit_due(
+                            boot.included_blocks,
+                            p.bootstrap_refit_blocks,
+                            p.bootstrap_refit_growth,
+                        )
                     )
                 ):
+                    self._boot_refit_now = False
                     boot.begin(self._filter_taps(), p.bootstrap_reg, p.bootstrap_iterations)
                 if boot.full:
                     self._boot_state = 0

@@ -29,6 +29,12 @@ numpy reference :func:`ls_accumulate_reference`); each refit a few tens of FFT m
 Only during the bootstrap (``AecParams.bootstrap_s`` of far-end data): the steady-state
 cost is unchanged.
 
+A new bulk delay (:meth:`LsBootstrap.redelay`) does not throw the segment away: it keeps
+the undelayed reference (with ``max_delay + L - 1`` samples before the segment) and the
+mics as they came, and rebuilds ``buf``, ``t``, ``r`` and ``yy`` for the new delay by FFT
+correlation, so the first refit after a delay estimate fits every sample since the far
+end started, not only those after the estimate.
+
 Shapes: segment buffer ``(L - 1 + S_max,)`` float64 (``buf[L - 1 + i]`` = the segment's
 sample ``i``), ``t (L,)``, ``r (n_mic, L)``, ``yy (n_mic,)`` float64.
 """
@@ -145,9 +151,11 @@ class LsBootstrap:
         max_blocks: int,
         max_gaps: int = 8,
         use_kernel: bool = True,
+        max_delay: int = 0,
     ) -> None:
         self.n_mics, self.taps, self.block_samples = n_mics, taps, block_samples
         self.max_blocks, self.max_gaps = max_blocks, max_gaps
+        self.max_delay = max_delay
         self._acc = ls_accumulate_kernel if use_kernel else ls_accumulate_reference
         self.buf = np.zeros(taps - 1 + max_blocks * block_samples, np.float64)
         self.t = np.zeros(taps, np.float64)
@@ -156,13 +164,26 @@ class LsBootstrap:
         self.gaps = np.zeros((max_gaps, 2), np.int64)
         self.n_gaps = 0
         self.blocks = 0
+        self.delay = 0
+        """Bulk delay (samples) of the reference in :attr:`buf` (see :meth:`redelay`)."""
+        # the segment as it came, for :meth:`redelay`: the undelayed reference with the
+        # max_delay + L - 1 samples before the segment, and the mics
+        self._raw = np.zeros(max_delay + taps - 1 + max_blocks * block_samples, np.float32)
+        self._mic = np.zeros((n_mics, max_blocks * block_samples), np.float32)
         self.solution = np.zeros((n_mics, taps), np.float64)
         self._left = 0  # PCG iterations left in the current solve
 
-    def start(self, pre: np.ndarray) -> None:
-        """A new segment; ``pre (L - 1,)``: the reference samples before it."""
+    def start(self, pre: np.ndarray, delay: int = 0) -> None:
+        """A new segment, its reference delayed by ``delay`` samples (``<= max_delay``);
+        ``pre``: the undelayed reference samples before it, the newest last (at least
+        ``delay + L - 1`` of them; the last ``max_delay + L - 1`` are kept, zeros before)."""
         lag = self.taps - 1
-        self.buf[:lag] = pre
+        head = self.max_delay + lag
+        keep = np.asarray(pre, np.float64)[-head:] if head else np.zeros(0)
+        self._raw[:head] = 0.0
+        self._raw[head - keep.shape[0] : head] = keep
+        self.delay = int(delay)
+        self.buf[:lag] = self._raw[head - self.delay - lag : head - self.delay]
         a = self.buf[:lag]
         self.t[:] = 0.0
         if lag:
@@ -180,9 +201,13 @@ class LsBootstrap:
         """The segment buffer is full."""
         return self.blocks >= self.max_blocks
 
-    def push(self, x: np.ndarray, y: np.ndarray, include: bool) -> bool:
-        """Add the reference block ``x (N,)`` and mic block ``y (n_mic, N)``; its rows count
-        only if ``include``. ``False`` when it could not (buffer full, too many gaps)."""
+    def push(
+        self, x: np.ndarray, y: np.ndarray, include: bool, x_raw: np.ndarray | None = None
+    ) -> bool:
+        """Add the reference block ``x (N,)`` (delayed by :attr:`delay`) and mic block
+        ``y (n_mic, N)``; its rows count only if ``include``; ``x_raw (N,)``: the same
+        block of the undelayed reference (default ``x``: no delay). ``False`` when it could
+        not (buffer full, too many gaps)."""
         n = self.block_samples
         if self.full:
             return False
@@ -196,8 +221,37 @@ class LsBootstrap:
             else:
                 return False
         self._acc(self.buf, offset, x, y, include, self.t, self.r, self.yy)
+        i = self.blocks * n
+        head = self.max_delay + self.taps - 1
+        self._raw[head + i : head + i + n] = x if x_raw is None else x_raw
+        self._mic[:, i : i + n] = y
         self.blocks += 1
         return True
+
+    def redelay(self, delay: int) -> None:
+        """Move the segment so far to a new bulk delay (``0 <= delay <= max_delay``): its
+        reference buffer and statistics become those a segment fed at ``delay`` from its
+        start would hold (from the kept undelayed reference and mics; ``t`` and ``r`` by
+        FFT correlation, ``O(S log S)``), so the next refit fits all the segment's samples
+        at the new delay. A solve in progress is dropped. Allocates (a rare event)."""
+        if not 0 <= delay <= self.max_delay:
+            raise ValueError(f"delay must be in [0, {self.max_delay}], got {delay}")
+        self._left = 0
+        self.delay = int(delay)
+        lag, n_rows = self.taps - 1, self.blocks * self.block_samples
+        head = self.max_delay + lag
+        x = self._raw[head - self.delay - lag : head - self.delay + n_rows].astype(np.float64)
+        self.buf[: lag + n_rows] = x
+        y = self._mic[:, :n_rows].astype(np.float64)
+        for a, b in self.gaps[: self.n_gaps]:
+            y[:, a - lag : b - lag] = 0.0  # excluded rows (gaps are buffer offsets)
+        nf = _fast_len(x.shape[0] + self.taps)
+        spec = np.fft.rfft(x, nf)
+        self.t[:] = np.fft.irfft(np.abs(spec) ** 2, nf)[: self.taps]
+        # r_mk = sum_i y_m(i) x(i - k) = c_m[L - 1 - k], c_m[j] = sum_i y_m(i) buf[i + j]
+        c = np.fft.irfft(np.conj(np.fft.rfft(y, nf, axis=-1)) * spec, nf, axis=-1)
+        self.r[:] = c[:, lag::-1]
+        self.yy[:] = np.sum(y**2, axis=1)
 
     @property
     def included_blocks(self) -> int:

@@ -97,6 +97,43 @@ def test_operator_and_solver_equal_the_normal_equations(gaps: tuple[int, ...]) -
     assert np.allclose(boot.cost(h), np.sum(err**2, axis=1), rtol=1e-6)
 
 
+@pytest.mark.parametrize(("first", "second", "gaps"), [(0, 23, ()), (31, 4, (2,)), (9, 9, (0, 5))])
+def test_redelay_equals_a_segment_fed_at_the_new_delay(
+    first: int, second: int, gaps: tuple[int, ...]
+) -> None:
+    """A segment fed at one bulk delay and moved by :meth:`LsBootstrap.redelay` holds the
+    buffer and statistics of a segment fed at the new delay from its start (same rows
+    excluded), and solves to the same filter."""
+    taps, block, n_blocks, n_mics, max_delay = 40, 10, 9, 2, 35
+    rng = np.random.default_rng(5)
+    head = max_delay + taps - 1
+    raw = rng.standard_normal(head + n_blocks * block).astype(np.float32)
+    y = rng.standard_normal((n_mics, n_blocks * block)).astype(np.float32)
+
+    def fed(delay: int) -> LsBootstrap:
+        boot = LsBootstrap(n_mics, taps, block, n_blocks, max_delay=max_delay)
+        boot.start(raw[:head], delay)
+        for b in range(n_blocks):
+            i = head + b * block
+            x_raw = raw[i : i + block]
+            x = raw[i - delay : i - delay + block]
+            assert boot.push(x, y[:, b * block : (b + 1) * block], b not in gaps, x_raw)
+        return boot
+
+    moved, want = fed(first), fed(second)
+    moved.redelay(second)
+    assert moved.delay == second
+    assert np.allclose(moved.buf, want.buf, atol=0)
+    assert np.allclose(moved.t, want.t, atol=1e-9)
+    assert np.allclose(moved.r, want.r, atol=1e-9)
+    assert np.allclose(moved.yy, want.yy, rtol=1e-12)
+    assert moved.included_blocks == want.included_blocks
+    h0 = np.zeros((n_mics, taps))
+    assert np.allclose(moved.solve(h0, 1e-3, 60), want.solve(h0, 1e-3, 60), atol=1e-8)
+    with pytest.raises(ValueError, match="delay"):
+        moved.redelay(max_delay + 1)
+
+
 def test_a_solve_spread_over_blocks_equals_one_in_one_go() -> None:
     """:meth:`LsBootstrap.iterate` in chunks, with blocks pushed meanwhile (the solve works
     on its snapshot), ends where :meth:`LsBootstrap.solve` does."""
