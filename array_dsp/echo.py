@@ -1,7 +1,7 @@
 """The echo stage of the chain: bulk delay, per-mic cancellation, residual-echo gains.
 
-:class:`EchoControl` ties :class:`~mica.array_dsp.echo_delay.DelayTracker` (GCC-PHAT bulk
-delay, hysteresis), :class:`~mica.array_dsp.aec.EchoCanceller` (partitioned-block
+:class:`EchoControl` ties :class:`~mica.array_dsp.echo_delay.DelayTracker` (bulk delay from the
+deconvolved playback path, hysteresis), :class:`~mica.array_dsp.aec.EchoCanceller` (partitioned-block
 Kalman filter per mic) and, optionally, :class:`~mica.array_dsp.res.ResidualEchoSuppressor`
 together. The :class:`~mica.array_dsp.enhancer.Enhancer` calls :meth:`process` on each
 ``(n_mic, N)`` block with its ``(n_ref, N)`` reference before the STFT, and, after the
@@ -53,7 +53,7 @@ class EchoParams:
             this much (ERLE, dB) ...
         delay_guard_kept_share: ... and moving its taps by the delay change would keep
             less than this share of their energy: the delay that works is kept (a wrong
-            GCC-PHAT lag would otherwise throw a converged filter away; a real change of
+            lag would otherwise throw a converged filter away; a real change of
             the playback buffering makes the echo uncancelled first, and then passes).
     """
 
@@ -88,7 +88,11 @@ class EchoControl:
         self.fs_hz = float(fs_hz)
         max_delay = 0 if p.delay is None else int(round(p.delay.max_delay_ms * 1e-3 * fs_hz))
         self.aec = EchoCanceller(n_mics, n_refs, n, fs_hz, p.aec, max_delay_samples=max_delay)
-        self.tracker = None if p.delay is None else DelayTracker(n, fs_hz, p.delay)
+        self.tracker = (
+            None
+            if p.delay is None
+            else DelayTracker(n, fs_hz, p.delay, self.aec.n_partitions * n)
+        )
         self.res = None if p.res is None else ResidualEchoSuppressor(n + 1, p.res)
         self._ref_mono = np.zeros(n, np.float32)
         self._mic0 = np.zeros(n, np.float32)

@@ -176,8 +176,9 @@ class EchoConfig:
     real-time factor per microphone while it runs (0 on a board that cannot spare it)."""
     max_delay_ms: float = _opt(200.0, "largest reference-to-mic bulk delay tracked (ms); "
                                "0: no tracking", min=0.0, max=1000.0)
-    """Playback buffering between the reference tap and the loudspeaker, found by GCC-PHAT
-    and taken off the reference so the tail covers the room, not the buffers."""
+    """Playback buffering between the reference tap and the loudspeaker, found by
+    deconvolving the playback path (``array_dsp/echo_delay.py``) and taken off the
+    reference so the tail covers the room, not the buffers."""
     res: bool = _opt(True, "residual-echo suppression after the beamformer")
     """Per-bin gains against what the linear canceller leaves; multiplied with the
     denoiser's gains."""

@@ -81,20 +81,42 @@ def feed(tracker: DelayTracker, ref: np.ndarray, mic: np.ndarray) -> list[int]:
     return changes
 
 
-def test_delay_tracker_finds_playback_delay(corpus_dir) -> None:
-    """80 ms of playback buffering on top of a measured living-room RIR (direct path at
-    ~4 ms): the lag is found within 2 ms and applied less the 4 ms margin."""
-    scene = make_echo_scene(
-        corpus_dir,
-        seconds=4.0,
-        n_mics=1,
-        rir="mit_ir_survey_h010_livingroom_16k.wav",
-        playback_delay_ms=80.0,
-    )
-    tracker = DelayTracker(HOP, FS)
+def span_share(scene, delay: int, window: int) -> float:
+    """Share of the scene's true playback path (buffering + RIR of mic 0) in the
+    canceller's span ``[delay, delay + window)``."""
+    path = np.concatenate([np.zeros(scene.playback_delay_samples), scene.paths[0]]) ** 2
+    return float(path[delay : delay + window].sum() / path.sum())
+
+
+# a pure delay of speech comes back from the deconvolution with leakage around it (its
+# harmonic spectrum leaves bins the ridge mutes): the lag may come up to 10 ms early
+EARLY_MAX = 160
+
+
+@pytest.mark.parametrize(
+    ("rir", "delay_ms"),
+    [
+        ("mit_ir_survey_h010_livingroom_16k.wav", 80.0),
+        ("lhotse_real_8ch.wav", 60.0),  # strongest taps 7/33/46/97 ms: no GCC-PHAT peak
+        ("rir_clap_seminar_room_16k.wav", 150.0),
+    ],
+)
+def test_delay_tracker_finds_playback_delay(corpus_dir, rir: str, delay_ms: float) -> None:
+    """Playback buffering on top of measured RIRs (a living room with its direct path at
+    ~4 ms, a room whose strongest reflections are spread over 90 ms, a seminar room with
+    150 ms buffering): the first estimate comes within 4 s, and the canceller's span
+    ``[delay, delay + 128 ms)`` then holds >= 99 % of the true path's energy (97 % of the
+    seminar room's path fits any 128 ms span: 99 % of that), never starting after the
+    buffering ends."""
+    scene = make_echo_scene(corpus_dir, seconds=4.0, n_mics=1, rir=rir, playback_delay_ms=delay_ms)
+    tracker = DelayTracker(HOP, FS, window_samples=2048)
     changes = feed(tracker, scene.ref[0], scene.mic[0])
     assert changes, "no delay found"
-    assert tracker.delay_ms is not None and 80.0 <= tracker.delay_ms <= 88.0, tracker.delay_ms
+    path = np.concatenate([np.zeros(scene.playback_delay_samples), scene.paths[0]]) ** 2
+    best = max(path[d : d + 2048].sum() for d in range(0, 3201, 16)) / path.sum()
+    got = span_share(scene, tracker.delay_samples, 2048)
+    assert got >= 0.99 * best, (got, best, tracker.delay_samples)
+    assert tracker.delay_samples <= scene.playback_delay_samples + 64
     assert tracker.delay_samples == int(round(tracker.lag_samples)) - 64
 
 
@@ -104,9 +126,10 @@ def test_delay_tracker_hysteresis_and_confirmation(corpus_dir) -> None:
     tracker = DelayTracker(HOP, FS, DelayParams(margin_ms=0.0))
     d0 = 800
     feed(tracker, x[: 2 * FS], np.roll(x, d0)[: 2 * FS])
-    assert tracker.delay_samples == d0
+    first = tracker.delay_samples
+    assert d0 - EARLY_MAX <= first <= d0
     assert not feed(tracker, x[2 * FS : 4 * FS], np.roll(x, d0 + 16)[2 * FS : 4 * FS])
-    assert tracker.delay_samples == d0
+    assert tracker.delay_samples == first
     d1 = d0 + 640
     before, at_move = tracker.estimates_total, []
     y = np.roll(x, d1)
@@ -114,7 +137,7 @@ def test_delay_tracker_hysteresis_and_confirmation(corpus_dir) -> None:
         sl = slice(b * HOP, (b + 1) * HOP)
         if tracker.push(np.ascontiguousarray(x[sl]), np.ascontiguousarray(y[sl])):
             at_move.append(tracker.estimates_total - before)
-    assert len(at_move) == 1 and tracker.delay_samples == d1
+    assert len(at_move) == 1 and d1 - EARLY_MAX <= tracker.delay_samples <= d1
     assert at_move[0] >= 2  # the second segment with the new lag, not the first
 
 
@@ -133,7 +156,7 @@ def test_delay_tracker_first_estimate_after_first_segment(corpus_dir) -> None:
     tracker = DelayTracker(HOP, FS, DelayParams(margin_ms=0.0))
     changes = feed(tracker, x, np.roll(x, 800))
     assert changes == [active[49]], (changes, active[49])  # the 50th block with playback
-    assert tracker.delay_samples == 800
+    assert 800 - EARLY_MAX <= tracker.delay_samples <= 800
     assert tracker.estimates_total == 1 + (active.size - 50) // 100
 
 
