@@ -45,7 +45,10 @@ error is: near-end speech (incoherent: double talk, when ``e`` is more than
 ``double_talk_db`` of ``y^``) or echo the filter no longer models (coherent: an echo-path
 change, when a converged filter's ``e`` rises above ``path_change_db`` of ``y`` for
 ``path_change_blocks`` blocks, e.g. the device moved), which restarts the filter (fastest
-re-convergence). ERLE = ``10 log10(P_y / P_e)`` averaged over far-end-only blocks.
+re-convergence), unless a shift of the recent echo estimate explains the mics
+(:mod:`mica.array_dsp.aec_realign`: the reference slid, the filter is still right), which
+moves the bulk delay instead; a run of large errors the detector takes for double talk is
+tested for such a slide too. ERLE = ``10 log10(P_y / P_e)`` averaged over far-end-only blocks.
 
 Least-squares bootstrap (:mod:`mica.array_dsp.aec_bootstrap`): the per-bin model above
 lets each bin's error carry the other bins' misadjustment (the error block is a
@@ -77,6 +80,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mica.array_dsp.aec_bootstrap import LsBootstrap, refit_due
+from mica.array_dsp.aec_realign import best_shift
 from mica.array_dsp.jit import kernel
 from mica.array_dsp.validate import SignalShapeError, check_array, check_positive_int
 
@@ -194,6 +198,14 @@ class AecParams:
             large residual: measured with a near-end talker from the far end's start, the
             near end's SI-SDR equals the Kalman filter's alone or is better) ...
             and with a lower squared error over the segment than the Kalman filter's.
+        realign_max_ms: an echo-path change is first tested for a pure shift of the echo
+            estimate against the mics up to this (ms; :mod:`mica.array_dsp.aec_realign`):
+            the reference slid (a loopback restarted after an overrun, a new playback
+            buffering), the filter is still right, and the bulk delay moves instead of the
+            filter restarting (0: off; needs bulk-delay room, ``max_delay_samples``) ...
+        realign_gain_db: ... when the best shift explains the recent mic samples this much
+            (dB) better than no shift ...
+        realign_residual_db: ... and to this (dB) of their energy.
     """
 
     tail_ms: float = 128.0
@@ -231,6 +243,9 @@ class AecParams:
     bootstrap_dt_erle_db: float = 15.0
     bootstrap_min_rows: float = 1.0
     bootstrap_max_residual_db: float = -15.0
+    realign_max_ms: float = 20.0
+    realign_gain_db: float = 6.0
+    realign_residual_db: float = -10.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -260,6 +275,8 @@ class AecParams:
             ("bootstrap_refit_growth", 0.0 <= self.bootstrap_refit_growth <= 10.0),
             ("bootstrap_max_gaps", self.bootstrap_max_gaps >= 0),
             ("bootstrap_min_rows", self.bootstrap_min_rows >= 0.0),
+            ("realign_max_ms", 0.0 <= self.realign_max_ms <= 100.0),
+            ("realign_gain_db", self.realign_gain_db >= 0.0),
         )
         for name, ok in checks:
             if not ok:
@@ -740,10 +757,20 @@ class EchoCanceller:
         self.max_delay_samples = max_delay_samples
         self.delay_samples = 0
         shape = (self.n_mics, self.n_refs, self.n_partitions, self.n_bins)
+        # the recent mic and echo-estimate blocks, for the shift test of an echo-path
+        # change (see _realign)
+        self._shift_max = int(round(p.realign_max_ms * 1e-3 * fs_hz))
+        ring_blocks = p.path_change_blocks + 2 * (-(-self._shift_max // n))
+        self._y_ring = np.zeros((self.n_mics, ring_blocks * n if self._shift_max else 0), np.float32)
+        self._e_ring = np.zeros_like(self._y_ring)
         # the ring also keeps (P + 1) N older samples, so a new delay can rebuild the
-        # reference history (see :meth:`set_delay`)
+        # reference history (see :meth:`set_delay`), and the realignment window more
         self._ring = np.zeros(
-            (self.n_refs, max_delay_samples + (self.n_partitions + 2) * n), np.float32
+            (
+                self.n_refs,
+                max_delay_samples + (self.n_partitions + 2) * n + self._y_ring.shape[1],
+            ),
+            np.float32,
         )
         self._ring_pos = np.zeros(1, np.int64)
         self._x_cur = np.zeros((self.n_refs, n), np.float32)
@@ -813,6 +840,18 @@ class EchoCanceller:
         )
         self._boot_state = 1  # 0 done, 1 armed (waits for the far end), 2 running
         self._boot_refit_now = False  # the segment moved to a new delay: refit at once
+        self._ring_block = 0
+        self.realigned_samples = 0
+        """The bulk delay moved by this in the last block because an echo-path change was
+        a pure shift of the echo estimate (0: none; see :attr:`AecParams.realign_max_ms`)."""
+        self.realigns_total = 0
+        self._slide_run = 0  # blocks in a row with a large error (see process)
+        self._ring_fill = 0  # blocks in the ring since the last realignment
+        self._w_good = np.zeros_like(self._w) if self._shift_max else self._w[:0]
+        self._has_good = False  # _w_good holds a filter from a calm stretch
+        self._verify = False  # test once more when the ring has refilled after a realignment
+        self._calm = 0  # blocks of a converged filter without a large error
+        self._converged = False  # the ERLE reached path_change_min_erle_db since a restart
         self.bootstrap_refits_taken = 0
         """Refits of the LS bootstrap that replaced a mic's filter (since construction)."""
 
@@ -946,6 +985,7 @@ class EchoCanceller:
             self._c[:, :, q, q] = np.transpose(d, (0, 2, 1))
 
     def _restart_filter(self) -> None:
+        self._converged = self._has_good = False
         self._boot_state = 1
         if self._boot is not None:
             self._boot.abort()
@@ -1044,10 +1084,102 @@ class EchoCanceller:
             self._boot.abort()
         elif self._boot is not None and (self._boot_state or self._boot.solving):
             self._bootstrap_step(mic, ref)
-        if self._mon[3]:  # the old filter is wrong: start afresh (fastest re-convergence)
+        self.realigned_samples = 0
+        if self._shift_max:
+            k = self._ring_block * n
+            self._y_ring[:, k : k + n] = mic
+            self._e_ring[:, k : k + n] = self.echo
+            self._ring_block = (self._ring_block + 1) % (self._y_ring.shape[1] // n)
+            self._ring_fill = min(self._ring_fill + 1, self._y_ring.shape[1] // n)
+        if self._shift_max and not self._mon[3]:
+            # a slid reference may leave the error incoherent with it (the detector then
+            # sees double talk, not a path change): test for a slide on the error alone
+            big, calm = False, True
+            for m in range(self.n_mics):  # error above path_change_db of the mic / 10 dB below
+                big = big or self._pow[m, 1] > self._mon_params[4] * self._pow[m, 0]
+                calm = calm and self._pow[m, 1] < 0.1 * self._pow[m, 0]
+            if self._mon[0]:  # far-end blocks only: a pause neither counts nor resets
+                if self._slide_run < 0:  # waiting after a test that found no slide
+                    self._slide_run += 1
+                else:
+                    self._slide_run = self._slide_run + 1 if big and self._converged else 0
+                self._calm = self._calm + 1 if calm and self._converged else 0
+            ring_blocks = self._y_ring.shape[1] // n
+            if self._slide_run >= ring_blocks or (self._verify and self._ring_fill >= ring_blocks):
+                # the ring is all after the slide; or the first ring after a realignment
+                # (a check: the estimates it was found on were partly adapted to the slid
+                # reference); a test that finds no slide waits 10 rings before the next
+                self._verify = False
+                self._slide_run = 0 if self._realign() else -10 * ring_blocks
+            # the filter of a calm stretch, which a realignment restores (the Kalman filter
+            # adapts toward the slid reference until the slide is found)
+            if self._calm >= ring_blocks:
+                np.copyto(self._w_good, self._w)
+                self._has_good, self._calm = True, 0
+        if not math.isnan(self._mon[2]) and self._mon[2] >= p.path_change_min_erle_db:
+            self._converged = True
+        if self._mon[3] and self._realign():
+            self._mon[3] = 0.0  # the filter is right, only the reference slid
+        elif self._mon[3]:  # the old filter is wrong: start afresh (fastest re-convergence)
             self.path_changes_total += 1
             self._restart_filter()
         return self.out
+
+    def _echo_of(self, w: np.ndarray, length: int) -> np.ndarray:
+        """``(n_mic, length)`` echo estimate of the filter ``w`` (the partitions' first ``N``
+        taps) over the last ``length`` samples of the delayed reference, by linear
+        convolution. Allocates (a rare event)."""
+        n, n_part = self.block_samples, self.n_partitions
+        taps = np.fft.irfft(w, 2 * n, axis=-1)[..., :n].reshape(self.n_mics, self.n_refs, -1)
+        size = length + n_part * n - 1
+        end = int(self._ring_pos[0]) - self.delay_samples  # one past the newest sample
+        idx = (end - size + np.arange(size)) % self._ring.shape[1]
+        x = self._ring[:, idx].astype(np.float64)  # (n_ref, size), oldest first
+        n_fft = 1 << int(np.ceil(np.log2(size + n_part * n)))
+        spec = np.einsum(
+            "mrk,rk->mk", np.fft.rfft(taps, n_fft, axis=-1), np.fft.rfft(x, n_fft, axis=-1)
+        )
+        full = np.fft.irfft(spec, n_fft, axis=-1)
+        return full[:, n_part * n - 1 : size]
+
+    def _realign(self) -> bool:
+        """On an echo-path change (or a run of large errors, see :meth:`process`): if a
+        shift ``s`` of the recent echo estimate explains the recent mic samples (:func:`~mica.array_dsp.aec_realign.best_shift`), move the bulk
+        delay by ``-s`` keeping the filter (the reference history is rebuilt from the delay
+        line) and return True. Allocates (a rare event)."""
+        m, n = self._shift_max, self.block_samples
+        if not m or self.max_delay_samples == 0 or self._ring_fill < self._y_ring.shape[1] // n:
+            return False  # off, no delay line, or the ring holds estimates of two alignments
+        k = self._ring_block * n  # oldest sample first
+        y = np.concatenate([self._y_ring[:, k:], self._y_ring[:, :k]], axis=1)
+        if self._has_good:  # the echo estimate of the filter from before the slide
+            e = self._echo_of(self._w_good, y.shape[1])
+        else:
+            e = np.concatenate([self._e_ring[:, k:], self._e_ring[:, :k]], axis=1)
+        p = self.params
+        s = best_shift(y, e, m, p.realign_gain_db, p.realign_residual_db)
+        new = self.delay_samples - s
+        if s == 0 or not 0 <= new <= self.max_delay_samples:
+            return False
+        log.info("aec: the echo estimate slid %+d samples: bulk delay %d -> %d, filter kept",
+                 s, self.delay_samples, new)
+        self.delay_samples = new
+        if self._has_good:
+            np.copyto(self._w, self._w_good)
+        self._rebuild_history()
+        for buf in (self._s_ex, self._s_xx, self._s_ee, self.coherence):
+            buf.fill(0)
+        self._counters[: self.n_mics] = 0  # the path-change runs counted the slide
+        self._ring_fill = 0  # its echo estimates were made at the old alignment
+        self._slide_run = 0
+        self._verify = True
+        if self._boot is not None:  # a segment across the slide mixes two alignments
+            self._boot.abort()
+            if self._boot_state == 2:
+                self._boot_state = 0
+        self.realigned_samples = -s
+        self.realigns_total += 1
+        return True
 
     def _update_filter(self, forget: float) -> None:
         """Gradient constraint (every partition, or none: see :meth:`_project_filter`),
@@ -1150,6 +1282,8 @@ class EchoCanceller:
             self._x_hist,
             self._pow,
             self._counters,
+            self._y_ring,
+            self._e_ring,
         ):
             buf.fill(0)
         self._mon[:2] = 0.0
@@ -1180,6 +1314,9 @@ def aec_reference(
     mic ``(n_mic, n_blocks * N)`` and ref ``(n_ref, n_blocks * N)`` float32. Returns
     ``{"out": (n_mic, n) float32, "echo": (n_mic, n) float32, "far": (n_blocks,),
     "double_talk": (n_blocks,), "erle_db": (n_blocks,), "path_change": (n_blocks,)}``.
+    The bulk delay is fixed (``delay_samples``), so the realignment of a slid reference
+    (:attr:`AecParams.realign_max_ms`, which moves the delay) is not modelled: its test,
+    :func:`~mica.array_dsp.aec_realign.shift_residuals`, has its own direct-sum reference.
     """
     p = params or AecParams()
     n = block_samples

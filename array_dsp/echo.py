@@ -182,6 +182,10 @@ class EchoControl:
         out = self.aec.process(mic, ref, adapt)
         if self.aec.path_changed:
             self.path_changed, self.change_reason = True, "echo_path"
+        elif self.aec.realigned_samples:  # the reference slid: the delay moved, filter kept
+            if self.tracker is not None:
+                self.tracker.moved(self.aec.realigned_samples)
+            self.path_changed, self.change_reason = True, "delay"
         self.path_changes_total += int(self.path_changed)
         self._since_far = 0 if self.aec.far_active else min(self._since_far + 1, 1 << 30)
         return out

@@ -216,6 +216,15 @@ class DelayTracker:
         self.delay_samples = new
         return changed
 
+    def moved(self, shift_samples: int) -> None:
+        """The caller moved the applied delay by ``shift_samples`` on its own evidence (the
+        canceller realigned a slid reference): the accepted lag moves with it and a
+        candidate in progress is dropped."""
+        if self.lag_samples is not None:
+            self.lag_samples += shift_samples
+        self.delay_samples = max(0, self.delay_samples + shift_samples)
+        self._candidate, self._agree = None, 0
+
     def reject(self) -> None:
         """Undo the last accepted change (the caller found it contradicts what works)."""
         self.lag_samples, self.delay_samples = self._previous

@@ -18,7 +18,9 @@ bulk delay on), ``mica-kf`` (the same without the least-squares bootstrap: the K
 filter alone), ``speex`` (libspeexdsp's MDF echo canceller through the ``speexdsp-aec``
 ctypes wheel, 10 ms frames, 128 ms tail, 16-bit I/O; needs the system ``libspeexdsp1``);
 for the 4-mic scenes also mica's whole chain (AEC per mic -> delay-and-sum ->
-residual-echo gains) against the plain beam.
+residual-echo gains) against the plain beam; on the scene whose reference slides
+10 ms halfway (a loopback device restarted after an overrun) also ``mica-nr``, mica
+without the realignment of a slid reference (``AecParams.realign_max_ms = 0``).
 
 Prints ERLE (dB, :func:`~mica.evaluation.metrics.erle_db`) per 0.5 s window, the
 steady-state ERLE (median of the second half's windows), the time until the 1 s mean ERLE
@@ -64,12 +66,21 @@ def corpus_path() -> Path:
 
 
 def run_mica(
-    scene: EchoScene, n_mics: int = 1, state: dict | None = None, bootstrap: bool = True
+    scene: EchoScene,
+    n_mics: int = 1,
+    state: dict | None = None,
+    bootstrap: bool = True,
+    realign: bool = True,
 ) -> tuple[np.ndarray, float, float]:
     """``(out (n_mics, n), online ERLE estimate at the end, seconds of processing)``;
     ``state`` (if given) receives the applied bulk delay and the tail (samples);
-    ``bootstrap=False``: without the least-squares bootstrap (the Kalman filter alone)."""
-    params = EchoParams() if bootstrap else EchoParams(aec=AecParams(bootstrap_s=0.0))
+    ``bootstrap=False``: without the least-squares bootstrap (the Kalman filter alone);
+    ``realign=False``: a slid reference is not realigned (``realign_max_ms = 0``)."""
+    aec = AecParams(
+        bootstrap_s=AecParams.bootstrap_s if bootstrap else 0.0,
+        realign_max_ms=AecParams.realign_max_ms if realign else 0.0,
+    )
+    params = EchoParams(aec=aec)
     echo = EchoControl(n_mics, 1, HOP, FS_HZ, params)
     echo.warmup()
     mic = scene.mic[:n_mics]
@@ -215,6 +226,13 @@ def main() -> None:
         },
         # the 8-ch room's strongest taps at 7/33/46/97 ms within 3 % of each other
         "speech+60ms/flat": {"n_mics": 4, "playback_delay_ms": 60.0},
+        # the loopback restarts 10 ms late halfway (an overrun on a second sound card)
+        "speech, slide": {
+            "n_mics": 4,
+            "rir": "mit_ir_survey_h010_livingroom_16k.wav",
+            "playback_delay_ms": 20.0,
+            "reference_slide": (seconds / 2, 160),
+        },
         "double talk": {"n_mics": 1, "near_window_s": (seconds / 2, seconds)},
     }
     scenes = {name: make_echo_scene(corpus, seconds, **spec) for name, spec in specs.items()}
@@ -230,6 +248,8 @@ def main() -> None:
             "mica": run_mica(scene, state=state),
             "mica-kf": run_mica(scene, bootstrap=False),
         }
+        if scene.reference_slide is not None:
+            methods["mica-nr"] = run_mica(scene, realign=False)
         if speex_why is None:
             out, sec = run_speex(scene)
             methods["speex"] = (out, float("nan"), sec)
@@ -252,6 +272,15 @@ def main() -> None:
                     second_second_erle_db=second,
                     online_erle_db=online,
                 )
+                if scene.reference_slide is not None:
+                    k = int(scene.reference_slide[0] * FS_HZ)
+                    sl = slice(k + FS_HZ // 2, k + 3 * FS_HZ // 2)
+                    row["after_slide_erle_db"] = erle_db(scene.echo[0, sl], residual[sl])
+                    print(
+                        f"{method:7s} ERLE 0.5-1.5 s after the reference slid "
+                        f"{scene.reference_slide[1]:+d} samples: "
+                        f"{row['after_slide_erle_db']:5.1f} dB"
+                    )
                 print(
                     f"{method:7s} steady ERLE {steady:5.1f} dB; 1 s mean >= 20 dB after "
                     f"{t20:4.1f} s, within 3 dB of steady after {t_conv:4.1f} s; ERLE over "
@@ -285,7 +314,7 @@ def main() -> None:
                 p, s = pesq_wb(y, near), si_sdr_db(y, near)
                 res[label] = {"pesq": p, "si_sdr_db": s}
                 print(f"{label:14s} near-end PESQ {p:.2f}, SI-SDR {s:5.1f} dB")
-        if scene.near_window_s is None:
+        if scene.near_window_s is None and scene.reference_slide is None:
             caps = linear_caps(scene, state["delay_samples"], state["tail_samples"], on)
             lin = make_echo_scene(corpus, seconds, drive=0.0, **{**specs[name], "n_mics": 1})
             out = run_mica(lin)[0]

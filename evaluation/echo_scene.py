@@ -59,6 +59,10 @@ class EchoScene:
     (``echo = paths[m] * played`` before any path change; without the playback delay)."""
     playback_delay_samples: int = 0
     """Playback buffering between the reference and the loudspeaker (samples)."""
+    reference_slide: tuple[float, int] | None = None
+    """``(time_s, samples)``: from ``time_s`` on, :attr:`ref` arrives ``samples`` late
+    (negative: early) against the mics, as after a loopback device restarted; ``None``:
+    no slide."""
 
 
 def loudspeaker(x: np.ndarray, drive: float) -> np.ndarray:
@@ -101,6 +105,7 @@ def make_echo_scene(
     path_change_rir: str = "mit_ir_survey_h010_livingroom_16k.wav",
     noise_db: float = -70.0,
     seed: int = 0,
+    reference_slide: tuple[float, int] | None = None,
 ) -> EchoScene:
     """Render one scene (see the module doc).
 
@@ -116,6 +121,9 @@ def make_echo_scene(
         path_change_s: from this time on, the mics hear the loudspeaker through
             ``path_change_rir`` (another measured room, same echo power).
         noise_db: white sensor noise power (dBFS).
+        reference_slide: ``(time_s, samples)``: the reference (not the mics) slides by
+            ``samples`` (late; negative: early) from ``time_s`` on (a loopback device
+            restarted after an overrun and placed a few ms off).
     """
     n = int(seconds * FS_HZ)
     folder = corpus / ("speech" if far == "speech" else "noise")
@@ -150,13 +158,23 @@ def make_echo_scene(
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(echo.shape) * 10.0 ** (noise_db / 20.0)
     mic = (echo + near + noise).astype(np.float32)
+    ref = far_sig.astype(np.float32)
+    if reference_slide is not None:
+        k, shift = int(reference_slide[0] * FS_HZ), int(reference_slide[1])
+        slid = ref.copy()
+        if shift > 0:
+            slid[k:] = ref[k - shift : n - shift]
+        elif shift < 0:
+            slid[k : n + shift] = ref[k - shift :]
+        ref = slid
     return EchoScene(
         mic=mic,
-        ref=far_sig[None, :].astype(np.float32),
+        ref=ref[None, :],
         echo=echo.astype(np.float32),
         near=near.astype(np.float32),
         near_window_s=near_window_s,
         echo_linear=echo_linear.astype(np.float32),
         paths=np.stack([h[m % n_ch] * scale for m in range(n_mics)]).astype(np.float32),
         playback_delay_samples=d,
+        reference_slide=reference_slide,
     )
