@@ -462,9 +462,10 @@ def test_daemon_cancels_echo_from_a_loopback_device_on_its_own_clock(
         audio_s,
     )
     # An overrun on a loaded test machine places the fake devices' restarted streams only
-    # to about a period (their timestamps), which the canceller must re-learn (noted in
-    # issue 11): the comparison is of the undisturbed scene, so a run with an overrun is
-    # repeated (at most twice; the last run counts whatever happened).
+    # to about a period (their timestamps): the canceller realigns such a slide
+    # (tests/array_dsp/test_aec_realign.py), but only after its ERLE fell for a while, and
+    # this comparison is of the undisturbed scene, so a run with an overrun is repeated
+    # (at most twice; the last run counts whatever happened).
     for attempt in range(3):
         two = _run_for(
             _echo_config(
