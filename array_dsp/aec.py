@@ -939,6 +939,7 @@ class EchoCanceller:
         for buf in (self._s_ex, self._s_xx, self._s_ee, self.coherence):
             buf.fill(0)
         self._rebuild_history()
+        self._has_good, self._calm = False, 0  # a snapshot in the old delay's tap positions
         if self._boot is not None and self._boot_state == 2 and self._boot.blocks:
             # the segment so far moves to the new delay: the next refit fits all of it
             self._boot.redelay(self.delay_samples)
@@ -985,7 +986,8 @@ class EchoCanceller:
             self._c[:, :, q, q] = np.transpose(d, (0, 2, 1))
 
     def _restart_filter(self) -> None:
-        self._converged = self._has_good = False
+        self._converged = self._has_good = self._verify = False
+        self._slide_run = self._calm = self._ring_fill = 0
         self._boot_state = 1
         if self._boot is not None:
             self._boot.abort()
@@ -1126,21 +1128,22 @@ class EchoCanceller:
         return self.out
 
     def _echo_of(self, w: np.ndarray, length: int) -> np.ndarray:
-        """``(n_mic, length)`` echo estimate of the filter ``w`` (the partitions' first ``N``
-        taps) over the last ``length`` samples of the delayed reference, by linear
-        convolution. Allocates (a rare event)."""
+        """``(n_mic, length)`` echo estimate the filter ``w`` would have made over the last
+        ``length`` samples (a whole number of blocks): the canceller's own overlap-save,
+        ``y^_b = last N of IFFT(sum_p W_p X_{b-p})``, on the delayed reference from the
+        delay line. Allocates (a rare event)."""
         n, n_part = self.block_samples, self.n_partitions
-        taps = np.fft.irfft(w, 2 * n, axis=-1)[..., :n].reshape(self.n_mics, self.n_refs, -1)
-        size = length + n_part * n - 1
+        n_blocks = length // n
+        size = (n_blocks + n_part + 1) * n
         end = int(self._ring_pos[0]) - self.delay_samples  # one past the newest sample
         idx = (end - size + np.arange(size)) % self._ring.shape[1]
         x = self._ring[:, idx].astype(np.float64)  # (n_ref, size), oldest first
-        n_fft = 1 << int(np.ceil(np.log2(size + n_part * n)))
-        spec = np.einsum(
-            "mrk,rk->mk", np.fft.rfft(taps, n_fft, axis=-1), np.fft.rfft(x, n_fft, axis=-1)
-        )
-        full = np.fft.irfft(spec, n_fft, axis=-1)
-        return full[:, n_part * n - 1 : size]
+        starts = np.arange(n_blocks + n_part) * n  # frame t: x[t N : (t + 2) N]
+        frames = x[:, starts[:, None] + np.arange(2 * n)]  # (n_ref, B + P, 2N)
+        spec = np.fft.rfft(frames, axis=-1)
+        t = n_part + np.arange(n_blocks)[:, None] - np.arange(n_part)[None, :]  # (B, P)
+        y_hat = np.einsum("mrpk,rbpk->mbk", w, spec[:, t])
+        return np.fft.irfft(y_hat, 2 * n, axis=-1)[..., n:].reshape(self.n_mics, -1)
 
     def _realign(self) -> bool:
         """On an echo-path change (or a run of large errors, see :meth:`process`): if a
