@@ -170,9 +170,10 @@ class AecParams:
         bootstrap_s: seconds of far-end blocks (from the far end's first block after a
             start, an echo-path change or a new bulk delay) during which the least-squares
             bootstrap (:mod:`mica.array_dsp.aec_bootstrap`) also fits the filter to all
-            samples so far (0: off; one reference channel only). Measured (benchmark scenes
-            cut to 4 s, mic 0) ERLE of the first 0.5 s windows without / with it: speech
-            14.4 / 13.3 -> 29.1 / 30.2 dB, jazz 3.9 / 6.2 / 12.8 -> 6.8 / 20.6 / 27.8 dB;
+            samples so far (0: off; several reference channels: one block-Toeplitz fit).
+            Measured (benchmark scenes cut to 4 s, mic 0) ERLE of the first 0.5 s windows
+            without / with it: speech 14.4 / 13.3 -> 29.1 / 30.2 dB, jazz 3.9 / 6.2 / 12.8
+            -> 6.8 / 20.6 / 27.8 dB;
             12 held-out scenes: 1 and 2 s equal within 0.05 dB (steady) and 0.05 s (time to
             within 3 dB of steady), so 1 s (the bootstrap costs only while it runs).
         bootstrap_refit_blocks: the first refit after this many included blocks ...
@@ -761,7 +762,8 @@ class EchoCanceller:
         # change (see _realign)
         self._shift_max = int(round(p.realign_max_ms * 1e-3 * fs_hz))
         ring_blocks = p.path_change_blocks + 2 * (-(-self._shift_max // n))
-        self._y_ring = np.zeros((self.n_mics, ring_blocks * n if self._shift_max else 0), np.float32)
+        ring_len = ring_blocks * n if self._shift_max else 0
+        self._y_ring = np.zeros((self.n_mics, ring_len), np.float32)
         self._e_ring = np.zeros_like(self._y_ring)
         # the ring also keeps (P + 1) N older samples, so a new delay can rebuild the
         # reference history (see :meth:`set_delay`), and the realignment window more
@@ -834,8 +836,9 @@ class EchoCanceller:
                 boot_blocks,
                 p.bootstrap_max_gaps,
                 max_delay=max_delay_samples,
+                n_refs=self.n_refs,
             )
-            if boot_blocks > 0 and self.n_refs == 1
+            if boot_blocks > 0
             else None
         )
         self._boot_state = 1  # 0 done, 1 armed (waits for the far end), 2 running
@@ -1147,8 +1150,9 @@ class EchoCanceller:
 
     def _realign(self) -> bool:
         """On an echo-path change (or a run of large errors, see :meth:`process`): if a
-        shift ``s`` of the recent echo estimate explains the recent mic samples (:func:`~mica.array_dsp.aec_realign.best_shift`), move the bulk
-        delay by ``-s`` keeping the filter (the reference history is rebuilt from the delay
+        shift ``s`` of the recent echo estimate explains the recent mic samples
+        (:func:`~mica.array_dsp.aec_realign.best_shift`), move the bulk delay by ``-s``
+        keeping the filter (the reference history is rebuilt from the delay
         line) and return True. Allocates (a rare event)."""
         m, n = self._shift_max, self.block_samples
         if not m or self.max_delay_samples == 0 or self._ring_fill < self._y_ring.shape[1] // n:
@@ -1212,14 +1216,14 @@ class EchoCanceller:
             head = boot.max_delay + boot.taps - 1  # undelayed samples before this block
             end = int(self._ring_pos[0]) - n
             idx = (end - head + np.arange(head)) % length
-            boot.start(self._ring[0, idx], self.delay_samples)
+            boot.start(self._ring[:, idx], self.delay_samples)
             self._boot_state = 2
             self._boot_refit_now = False
         if self._boot_state == 2:
             erle = self._mon[2]
             trusted = not math.isnan(erle) and erle >= p.bootstrap_dt_erle_db
             include = not (self._mon[1] and trusted)
-            if not boot.push(self._x_cur[0], mic, include, ref[0]):
+            if not boot.push(self._x_cur, mic, include, ref):
                 self._boot_state = 0
             else:
                 if (
@@ -1242,9 +1246,9 @@ class EchoCanceller:
             self._bootstrap_take()
 
     def _filter_taps(self) -> np.ndarray:
-        """``(n_mic, P N)`` impulse responses of the filters (first reference). Allocates."""
+        """``(n_mic, n_ref P N)`` impulse responses of the filters (ref-major). Allocates."""
         n = self.block_samples
-        return np.fft.irfft(self._w[:, 0], 2 * n, axis=-1)[..., :n].reshape(self.n_mics, -1)
+        return np.fft.irfft(self._w, 2 * n, axis=-1)[..., :n].reshape(self.n_mics, -1)
 
     def _bootstrap_take(self) -> None:
         """Replace the filter of each mic where the finished LS solution is admitted."""
@@ -1254,11 +1258,11 @@ class EchoCanceller:
             h, self._filter_taps(), p.bootstrap_min_rows, p.bootstrap_max_residual_db
         )
         if np.any(better):
-            pad = np.zeros((self.n_mics, n_part, 2 * n))
-            pad[..., :n] = h.reshape(self.n_mics, n_part, n)
+            pad = np.zeros((self.n_mics, self.n_refs, n_part, 2 * n))
+            pad[..., :n] = h.reshape(self.n_mics, self.n_refs, n_part, n)
             spec = np.fft.rfft(pad, axis=-1)
             for m in np.nonzero(better)[0]:
-                self._w[m, 0] = spec[m]
+                self._w[m] = spec[m]
                 self.bootstrap_refits_taken += 1
 
     def _project_filter(self) -> None:
@@ -1355,8 +1359,11 @@ def aec_reference(
     a, ae = p.power_smoothing, p.erle_smoothing
     boot_blocks = int(round(p.bootstrap_s * fs_hz / n))
     boot = (
-        LsBootstrap(n_mic, n_part * n, n, boot_blocks, p.bootstrap_max_gaps, use_kernel=False)
-        if boot_blocks > 0 and n_ref == 1
+        LsBootstrap(
+            n_mic, n_part * n, n, boot_blocks, p.bootstrap_max_gaps, use_kernel=False,
+            n_refs=n_ref,
+        )
+        if boot_blocks > 0
         else None
     )
     boot_state = 1
@@ -1450,13 +1457,13 @@ def aec_reference(
         res["path_change"][b] = change
         if boot is not None and boot_state == 1 and far:
             lo = b * n - (n_part * n - 1)
-            pre = ref_d[0, max(0, lo) : b * n].astype(np.float64)
-            boot.start(np.concatenate([np.zeros(max(0, -lo)), pre]))
+            pre = ref_d[:, max(0, lo) : b * n].astype(np.float64)
+            boot.start(np.concatenate([np.zeros((n_ref, max(0, -lo))), pre], axis=1))
             boot_state = 2
         if boot is not None and boot_state == 2:
             erle = res["erle_db"][b]
             include = not (dt and not np.isnan(erle) and erle >= p.bootstrap_dt_erle_db)
-            if not boot.push(x_cur[0], mic[:, sl], include):
+            if not boot.push(x_cur, mic[:, sl], include):
                 boot_state = 0
             else:
                 if (
@@ -1466,16 +1473,18 @@ def aec_reference(
                         boot.included_blocks, p.bootstrap_refit_blocks, p.bootstrap_refit_growth
                     )
                 ):
-                    taps = np.fft.irfft(w[:, 0], 2 * n)[..., :n].reshape(n_mic, -1)
+                    taps = np.fft.irfft(w, 2 * n)[..., :n].reshape(n_mic, -1)
                     boot.begin(taps, p.bootstrap_reg, p.bootstrap_iterations)
                 if boot.full:
                     boot_state = 0
         if boot is not None and boot.solving and boot.iterate(p.bootstrap_iterations_per_block):
-            taps = np.fft.irfft(w[:, 0], 2 * n)[..., :n].reshape(n_mic, -1)
-            h = boot.solution
-            better = boot.accept(h, taps, p.bootstrap_min_rows, p.bootstrap_max_residual_db)
-            hp = np.concatenate([h.reshape(n_mic, n_part, n), np.zeros((n_mic, n_part, n))], -1)
-            w[better, 0] = np.fft.rfft(hp, axis=-1)[better]
+            taps = np.fft.irfft(w, 2 * n)[..., :n].reshape(n_mic, -1)
+            h = boot.solution.reshape(n_mic, n_ref, n_part, n)
+            better = boot.accept(
+                boot.solution, taps, p.bootstrap_min_rows, p.bootstrap_max_residual_db
+            )
+            hp = np.concatenate([h, np.zeros_like(h)], -1)
+            w[better] = np.fft.rfft(hp, axis=-1)[better]
         if change:
             boot_state = 1
             if boot is not None:

@@ -10,9 +10,10 @@ per mic when it explains those samples better than the Kalman filter's (then the
 filter goes on from it):
 
 ``h = argmin sum_{n in S} (y(n) - x_n^T h)^2 + lam t_0 |h|^2``, ``x_n = [x(n) .. x(n-L+1)]``
-(``L = P N`` taps, one reference), ``S`` the segment's samples less the double-talk blocks
-(near-end speech must not be fitted). Normal equations ``(R + lam t_0 I) h = r`` with
-``r_k = sum_{n in S} y(n) x(n-k)``; ``R = sum_{n in S} x_n x_n^T`` is not Toeplitz, but it
+(``L = P N`` taps, one reference; several: see :class:`LsBootstrap`), ``S`` the segment's
+samples less the double-talk blocks (near-end speech must not be fitted). Normal equations
+``(R + lam t_0 I) h = r`` with ``r_k = sum_{n in S} y(n) x(n-k)``;
+``R = sum_{n in S} x_n x_n^T`` is not Toeplitz, but it
 is the Toeplitz matrix ``T`` of the autocorrelation ``t_k = sum_n x(n) x(n-k)`` of the
 segment's reference (with the ``L - 1`` samples before it; zero outside) less the rows
 ``T`` counts that are not in ``S``: the ``L - 1`` rows that start before the segment, the
@@ -136,11 +137,18 @@ class LsBootstrap:
 
     Args:
         n_mics: microphones (one right-hand side each).
-        taps: ``L`` (filter length, samples).
+        taps: ``L`` (filter length per reference channel, samples).
         block_samples: ``N``.
         max_blocks: blocks a segment holds at most (its buffer).
         max_gaps: excluded (double-talk) ranges a segment may have.
         use_kernel: Numba accumulation (``False``: the numpy reference).
+        max_delay: largest bulk delay :meth:`redelay` may move the segment to.
+        n_refs: reference channels ``R``: the unknowns are ``R L`` taps per mic (ref-major)
+            and ``R`` is block Toeplitz, ``R_(i k),(j l) = c_ij(k - l)`` with
+            ``c_ij(d) = sum_a x_i(a) x_j(a + d)`` (stereo playback: Benesty, Morgan &
+            Sondhi 1998 on its non-uniqueness, which the ridge settles); one channel
+            accumulates its statistics per block (the kernel), several compute them by
+            FFT correlation when a refit begins.
     """
 
     def __init__(
@@ -152,14 +160,18 @@ class LsBootstrap:
         max_gaps: int = 8,
         use_kernel: bool = True,
         max_delay: int = 0,
+        n_refs: int = 1,
     ) -> None:
         self.n_mics, self.taps, self.block_samples = n_mics, taps, block_samples
         self.max_blocks, self.max_gaps = max_blocks, max_gaps
-        self.max_delay = max_delay
+        self.max_delay, self.n_refs = max_delay, n_refs
         self._acc = ls_accumulate_kernel if use_kernel else ls_accumulate_reference
-        self.buf = np.zeros(taps - 1 + max_blocks * block_samples, np.float64)
+        self.buf = np.zeros((n_refs, taps - 1 + max_blocks * block_samples), np.float64)
+        """``(R, L - 1 + S_max)``: the delayed reference, ``buf[:, L - 1 + i]`` = sample ``i``."""
         self.t = np.zeros(taps, np.float64)
+        """Autocorrelation of the reference (one channel; accumulated per block)."""
         self.r = np.zeros((n_mics, taps), np.float64)
+        """``r_mk`` (one channel; accumulated per block)."""
         self.yy = np.zeros(n_mics, np.float64)
         self.gaps = np.zeros((max_gaps, 2), np.int64)
         self.n_gaps = 0
@@ -168,23 +180,26 @@ class LsBootstrap:
         """Bulk delay (samples) of the reference in :attr:`buf` (see :meth:`redelay`)."""
         # the segment as it came, for :meth:`redelay`: the undelayed reference with the
         # max_delay + L - 1 samples before the segment, and the mics
-        self._raw = np.zeros(max_delay + taps - 1 + max_blocks * block_samples, np.float32)
+        head = max_delay + taps - 1
+        self._raw = np.zeros((n_refs, head + max_blocks * block_samples), np.float32)
         self._mic = np.zeros((n_mics, max_blocks * block_samples), np.float32)
-        self.solution = np.zeros((n_mics, taps), np.float64)
+        self.solution = np.zeros((n_mics, n_refs * taps), np.float64)
         self._left = 0  # PCG iterations left in the current solve
 
     def start(self, pre: np.ndarray, delay: int = 0) -> None:
         """A new segment, its reference delayed by ``delay`` samples (``<= max_delay``);
-        ``pre``: the undelayed reference samples before it, the newest last (at least
-        ``delay + L - 1`` of them; the last ``max_delay + L - 1`` are kept, zeros before)."""
+        ``pre (R, m)`` (or ``(m,)`` for one channel): the undelayed reference samples before
+        it, the newest last (at least ``delay + L - 1``; the last ``max_delay + L - 1`` are
+        kept, zeros before)."""
         lag = self.taps - 1
         head = self.max_delay + lag
-        keep = np.asarray(pre, np.float64)[-head:] if head else np.zeros(0)
-        self._raw[:head] = 0.0
-        self._raw[head - keep.shape[0] : head] = keep
+        pre = np.atleast_2d(np.asarray(pre, np.float64))
+        keep = pre[:, pre.shape[1] - min(head, pre.shape[1]) :] if head else pre[:, :0]
+        self._raw[:, :head] = 0.0
+        self._raw[:, head - keep.shape[1] : head] = keep
         self.delay = int(delay)
-        self.buf[:lag] = self._raw[head - self.delay - lag : head - self.delay]
-        a = self.buf[:lag]
+        self.buf[:, :lag] = self._raw[:, head - self.delay - lag : head - self.delay]
+        a = self.buf[0, :lag]
         self.t[:] = 0.0
         if lag:
             full = np.correlate(a, a, "full")[lag - 1 :]  # lags 0 .. L-2
@@ -204,8 +219,8 @@ class LsBootstrap:
     def push(
         self, x: np.ndarray, y: np.ndarray, include: bool, x_raw: np.ndarray | None = None
     ) -> bool:
-        """Add the reference block ``x (N,)`` (delayed by :attr:`delay`) and mic block
-        ``y (n_mic, N)``; its rows count only if ``include``; ``x_raw (N,)``: the same
+        """Add the reference block ``x (R, N)`` (or ``(N,)``; delayed by :attr:`delay`) and
+        mic block ``y (n_mic, N)``; its rows count only if ``include``; ``x_raw``: the same
         block of the undelayed reference (default ``x``: no delay). ``False`` when it could
         not (buffer full, too many gaps)."""
         n = self.block_samples
@@ -220,10 +235,16 @@ class LsBootstrap:
                 self.n_gaps += 1
             else:
                 return False
-        self._acc(self.buf, offset, x, y, include, self.t, self.r, self.yy)
+        x = x.reshape(self.n_refs, n)
+        if self.n_refs == 1:
+            self._acc(self.buf[0], offset, x[0], y, include, self.t, self.r, self.yy)
+        else:  # the statistics come by FFT when a refit begins (_statistics)
+            self.buf[:, offset : offset + n] = x
+            if include:
+                self.yy += np.sum(np.square(y, dtype=np.float64), axis=1)
         i = self.blocks * n
         head = self.max_delay + self.taps - 1
-        self._raw[head + i : head + i + n] = x if x_raw is None else x_raw
+        self._raw[:, head + i : head + i + n] = x if x_raw is None else x_raw.reshape(x.shape)
         self._mic[:, i : i + n] = y
         self.blocks += 1
         return True
@@ -231,27 +252,40 @@ class LsBootstrap:
     def redelay(self, delay: int) -> None:
         """Move the segment so far to a new bulk delay (``0 <= delay <= max_delay``): its
         reference buffer and statistics become those a segment fed at ``delay`` from its
-        start would hold (from the kept undelayed reference and mics; ``t`` and ``r`` by
-        FFT correlation, ``O(S log S)``), so the next refit fits all the segment's samples
-        at the new delay. A solve in progress is dropped. Allocates (a rare event)."""
+        start would hold (from the kept undelayed reference and mics; by FFT correlation,
+        ``O(S log S)``), so the next refit fits all the segment's samples at the new delay.
+        A solve in progress is dropped. Allocates (a rare event)."""
         if not 0 <= delay <= self.max_delay:
             raise ValueError(f"delay must be in [0, {self.max_delay}], got {delay}")
         self._left = 0
         self.delay = int(delay)
         lag, n_rows = self.taps - 1, self.blocks * self.block_samples
         head = self.max_delay + lag
-        x = self._raw[head - self.delay - lag : head - self.delay + n_rows].astype(np.float64)
-        self.buf[: lag + n_rows] = x
+        lo = head - self.delay - lag
+        self.buf[:, : lag + n_rows] = self._raw[:, lo : lo + lag + n_rows]
+        if self.n_refs == 1:
+            c, r, yy = self._statistics()
+            self.t[:] = c[0, 0, lag:]
+            self.r[:] = r
+            self.yy[:] = yy
+
+    def _statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(c (R, R, 2L - 1), r (n_mic, R L), yy (n_mic,))`` of the segment so far by FFT
+        correlation: ``c[i, j, L - 1 + d] = c_ij(d)`` over the whole buffer, ``r`` and
+        ``yy`` over the included rows."""
+        lag, n_rows = self.taps - 1, self.blocks * self.block_samples
+        x = self.buf[:, : lag + n_rows]
         y = self._mic[:, :n_rows].astype(np.float64)
         for a, b in self.gaps[: self.n_gaps]:
             y[:, a - lag : b - lag] = 0.0  # excluded rows (gaps are buffer offsets)
-        nf = _fast_len(x.shape[0] + self.taps)
-        spec = np.fft.rfft(x, nf)
-        self.t[:] = np.fft.irfft(np.abs(spec) ** 2, nf)[: self.taps]
-        # r_mk = sum_i y_m(i) x(i - k) = c_m[L - 1 - k], c_m[j] = sum_i y_m(i) buf[i + j]
-        c = np.fft.irfft(np.conj(np.fft.rfft(y, nf, axis=-1)) * spec, nf, axis=-1)
-        self.r[:] = c[:, lag::-1]
-        self.yy[:] = np.sum(y**2, axis=1)
+        nf = _fast_len(x.shape[1] + self.taps)
+        spec = np.fft.rfft(x, nf, axis=-1)  # (R, bins)
+        cc = np.fft.irfft(np.conj(spec)[:, None] * spec[None, :], nf, axis=-1)
+        c = np.concatenate([cc[..., nf - lag :], cc[..., : lag + 1]], axis=-1)
+        # r_mi(k) = sum_n y_m(n) x_i(n - k) = g_mi[L - 1 - k], g_mi[j] = sum_n y_m(n) buf_i[n + j]
+        g = np.fft.irfft(np.conj(np.fft.rfft(y, nf, axis=-1))[:, None] * spec[None], nf, axis=-1)
+        r = g[..., lag::-1].reshape(self.n_mics, -1)
+        return c, r, np.sum(y**2, axis=1)
 
     @property
     def included_blocks(self) -> int:
@@ -259,12 +293,13 @@ class LsBootstrap:
         gap = int(np.sum(self.gaps[: self.n_gaps, 1] - self.gaps[: self.n_gaps, 0]))
         return self.blocks - gap // self.block_samples
 
-    def _operator(self) -> tuple:
-        """Spectra for ``R v``: (circulant spectrum of ``T``, [(S, nf, a, b) per excluded
-        row range ``[a, b)``])."""
+    def _operator(self, c: np.ndarray) -> tuple:
+        """Spectra for ``R v``: (``(R, R, L + 1)`` spectra of the ``2 L`` circulant
+        embeddings of ``c_ij``, [(``(R, bins)`` spectra of the samples an excluded row range
+        reads, FFT length, rows) per range: the pre- and post-window rows and the gaps])."""
         L = self.taps
         end = L - 1 + self.blocks * self.block_samples
-        c = np.concatenate([self.t, [0.0], self.t[:0:-1]])
+        emb = np.concatenate([c[..., L - 1 :], np.zeros(c.shape[:2] + (1,)), c[..., : L - 1]], -1)
         ranges = [(0, L - 1)]
         ranges += [(int(a), int(b)) for a, b in self.gaps[: self.n_gaps]]
         ranges.append((end, end + L - 1))
@@ -273,40 +308,63 @@ class LsBootstrap:
             if b <= a:
                 continue
             lo, hi = a - L + 1, b  # the samples these rows read
-            s = np.zeros(hi - lo)
-            s[max(0, -lo) : min(hi, end) - lo] = self.buf[max(0, lo) : min(hi, end)]
-            nf = _fast_len(s.shape[0] + L)
-            ops.append((np.fft.rfft(s, nf), nf, b - a))
-        return np.fft.rfft(c), ops
+            s = np.zeros((self.n_refs, hi - lo))
+            s[:, max(0, -lo) : min(hi, end) - lo] = self.buf[:, max(0, lo) : min(hi, end)]
+            nf = _fast_len(s.shape[1] + L)
+            ops.append((np.fft.rfft(s, nf, axis=-1), nf, b - a))
+        return np.fft.rfft(emb, axis=-1), ops
 
     def _matvec(self, op: tuple, v: np.ndarray) -> np.ndarray:
-        """``R v`` for ``v (n_mic, L)``."""
-        L = self.taps
+        """``R v`` for ``v (n_mic, R L)``."""
+        L, n_refs = self.taps, self.n_refs
         t_spec, ranges = op
-        out = np.fft.irfft(t_spec * np.fft.rfft(v, 2 * L, axis=-1), 2 * L, axis=-1)[:, :L]
+        v = v.reshape(self.n_mics, n_refs, L)
+        spec = np.einsum("ijk,mjk->mik", t_spec, np.fft.rfft(v, 2 * L, axis=-1))
+        out = np.fft.irfft(spec, 2 * L, axis=-1)[..., :L]
         for s_spec, nf, rows in ranges:
-            conv = np.fft.irfft(s_spec * np.fft.rfft(v, nf, axis=-1), nf, axis=-1)
-            w = np.zeros_like(conv)
-            w[:, L - 1 : L - 1 + rows] = conv[:, L - 1 : L - 1 + rows]  # u = X v
-            out -= np.fft.irfft(np.conj(s_spec) * np.fft.rfft(w, axis=-1), nf, axis=-1)[:, :L]
-        return out
+            u = np.fft.irfft(np.einsum("jk,mjk->mk", s_spec, np.fft.rfft(v, nf, axis=-1)), nf)
+            w = np.zeros_like(u)
+            w[:, L - 1 : L - 1 + rows] = u[:, L - 1 : L - 1 + rows]  # u = X v
+            back = np.conj(s_spec)[None] * np.fft.rfft(w, axis=-1)[:, None]
+            out -= np.fft.irfft(back, nf, axis=-1)[..., :L]
+        return out.reshape(self.n_mics, -1)
+
+    def _precondition(self, res: np.ndarray) -> np.ndarray:
+        """``z = M^-1 res`` for ``res (n_mic, R L)``, ``M`` T. Chan's block-circulant
+        approximation of ``R + lam I`` (per bin an ``R x R`` Hermitian matrix)."""
+        L = self.taps
+        spec = np.fft.rfft(res.reshape(self.n_mics, self.n_refs, L), axis=-1)
+        z = np.einsum("kij,mjk->mik", self._m_inv, spec)
+        return np.fft.irfft(z, L, axis=-1).reshape(self.n_mics, -1)
 
     def begin(self, h0: np.ndarray, reg: float, iterations: int) -> None:
-        """Start PCG on ``(R + reg t_0 I) h = r`` from ``h0 (n_mic, L)`` on a snapshot of
-        the segment so far (blocks pushed meanwhile do not change it); :meth:`iterate`
-        runs it. Allocates (once per refit)."""
-        L = self.taps
-        self._op = self._operator()
-        self._r_snap = self.r.copy()
-        self._yy_snap = self.yy.copy()
-        lam = reg * self.t[0] + 1e-12
+        """Start PCG on ``(R + lam I) h = r`` (``lam = reg`` times the mean reference power
+        ``c_ii(0)``) from ``h0 (n_mic, R L)`` on a snapshot of the segment so far (blocks
+        pushed meanwhile do not change it); :meth:`iterate` runs it. Allocates (once per
+        refit)."""
+        L, n_refs = self.taps, self.n_refs
+        if n_refs == 1:
+            c = np.concatenate([self.t[:0:-1], self.t])[None, None]
+            r, yy = self.r, self.yy
+        else:
+            c, r, yy = self._statistics()
+        self._op = self._operator(c)
+        self._r_snap = r.copy()
+        self._yy_snap = yy.copy()
+        lam = reg * float(np.mean(c[np.arange(n_refs), np.arange(n_refs), L - 1])) + 1e-12
         k = np.arange(L)
-        chan = ((L - k) * self.t + k * self.t[(L - k) % L]) / L  # T. Chan's circulant
-        self._eig = np.maximum(np.fft.rfft(chan).real, 0.0) + lam
+        # T. Chan's circulant of each block: ((L - k) c(k) + k c(k - L)) / L, k = 0 .. L-1
+        ck = c[..., L - 1 :]
+        back = np.concatenate([np.zeros(c.shape[:2] + (1,)), c[..., : L - 1]], axis=-1)
+        chan = ((L - k) * ck + k * back) / L
+        m = np.transpose(np.fft.rfft(chan, axis=-1), (2, 0, 1))  # (bins, R, R), Hermitian
+        eig, vec = np.linalg.eigh(0.5 * (m + np.conj(np.transpose(m, (0, 2, 1)))))
+        eig = np.maximum(eig, 0.0) + lam
+        self._m_inv = np.einsum("kij,kj,klj->kil", vec, 1.0 / eig, np.conj(vec))
         self._lam = lam
         x = h0.copy()
         res = self._r_snap - self._matvec(self._op, x) - lam * x
-        z = np.fft.irfft(np.fft.rfft(res, axis=-1) / self._eig, L, axis=-1)
+        z = self._precondition(res)
         self._cg = [x, res, z.copy(), np.sum(res * z, axis=1)]  # x, residual, p, r.z
         self._left = iterations
 
@@ -320,14 +378,14 @@ class LsBootstrap:
         (then :attr:`solution` holds it); ``False`` also when no solve is running."""
         if not self._left:
             return False
-        L, lam = self.taps, self._lam
+        lam = self._lam
         x, res, p, rz = self._cg
         for _ in range(min(count, self._left)):
             ap = self._matvec(self._op, p) + lam * p
             alpha = rz / np.maximum(np.sum(p * ap, axis=1), 1e-300)
             x += alpha[:, None] * p
             res -= alpha[:, None] * ap
-            z = np.fft.irfft(np.fft.rfft(res, axis=-1) / self._eig, L, axis=-1)
+            z = self._precondition(res)
             rz_new = np.sum(res * z, axis=1)
             p = z + (rz_new / np.maximum(rz, 1e-300))[:, None] * p
             rz = rz_new
@@ -352,18 +410,18 @@ class LsBootstrap:
         self, h: np.ndarray, h_now: np.ndarray, min_rows: float, max_residual_db: float
     ) -> np.ndarray:
         """``(n_mic,)`` bool: take the LS filter ``h`` instead of ``h_now`` (both
-        ``(n_mic, L)``): the segment holds at least ``min_rows L`` included samples, the
+        ``(n_mic, R L)``): the segment holds at least ``min_rows R L`` included samples, the
         LS residual is at most ``max_residual_db`` of the mic energy (echo alone: the
         linear model explains the mic; near-end speech the double-talk detector missed
         leaves a large residual, and such a fit is refused), and it is below ``h_now``'s."""
         c = self.cost(h)
         ok = c < self.cost(h_now)
         ok &= c <= 10.0 ** (max_residual_db / 10.0) * self._yy_snap
-        ok &= self.included_blocks * self.block_samples >= min_rows * self.taps
+        ok &= self.included_blocks * self.block_samples >= min_rows * self.taps * self.n_refs
         return ok
 
     def cost(self, h: np.ndarray) -> np.ndarray:
-        """``(n_mic,)`` squared error of the filters ``h (n_mic, L)`` over the included
+        """``(n_mic,)`` squared error of the filters ``h (n_mic, R L)`` over the included
         samples of the last solve's snapshot (``yy - 2 h.r + h.R h``)."""
         return (
             self._yy_snap

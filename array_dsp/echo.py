@@ -1,9 +1,10 @@
 """The echo stage of the chain: bulk delay, per-mic cancellation, residual-echo gains.
 
-:class:`EchoControl` ties :class:`~mica.array_dsp.echo_delay.DelayTracker` (bulk delay from the
-deconvolved playback path, hysteresis), :class:`~mica.array_dsp.aec.EchoCanceller` (partitioned-block
-Kalman filter per mic) and, optionally, :class:`~mica.array_dsp.res.ResidualEchoSuppressor`
-together. The :class:`~mica.array_dsp.enhancer.Enhancer` calls :meth:`process` on each
+:class:`EchoControl` ties :class:`~mica.array_dsp.echo_delay.DelayTracker` (bulk delay
+from the deconvolved playback path, hysteresis), :class:`~mica.array_dsp.aec.EchoCanceller`
+(partitioned-block Kalman filter per mic) and, optionally,
+:class:`~mica.array_dsp.res.ResidualEchoSuppressor` together. The
+:class:`~mica.array_dsp.enhancer.Enhancer` calls :meth:`process` on each
 ``(n_mic, N)`` block with its ``(n_ref, N)`` reference before the STFT, and, after the
 beamformer, :meth:`res_gains` with the beam and the beamformed echo estimate
 (:attr:`echo`, transformed by the enhancer's own STFT). Zero added latency.

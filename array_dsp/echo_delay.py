@@ -1,23 +1,24 @@
 """Bulk delay between the playback reference and the microphones, tracked with hysteresis.
 
 The loudspeaker signal reaches the mics after the playback buffering plus the acoustic
-path; the echo canceller's tail (``window`` samples) should cover the acoustic part. Once
-per segment (``segment_s`` of signal in which the reference was active; the first one
-``first_segment_s``), :func:`path_estimate` estimates the reference-to-mic impulse
-response over lags ``[0, max_delay + window)`` by regularised deconvolution (the
-cross-spectrum over the reference's power: the Roth processor of Knapp & Carter 1976),
-which, unlike GCC-PHAT's whitening of both signals, keeps the path's shape and lets bins
-the reference does not excite (tonal music) add little. The lag is the latest start ``d`` of a ``window``-long span whose path
-energy ``E(d) = sum_{k=d}^{d+window-1} h_k^2`` is within ``energy_tolerance`` of the
-best span's, moved on to the span's first tap within ``onset_db`` of its strongest: the
-direct path at the span's start, with all the tail room for the reverberation, and a room
-whose strongest reflections arrive tens of ms after the direct path (where GCC-PHAT finds
-no distinct peak) still gets the span that holds them. A lag is
-accepted when its span holds at least ``min_share`` of the estimate's energy over all
-lags (an estimate of noise or of near-end speech spreads over every lag) and, if it
-differs from the current lag by more than ``hysteresis_samples``, only after ``confirm``
-segments in a row agree (within the hysteresis). The delay applied to the reference is
-``lag - margin`` (floored at 0): the margin keeps the filter's pre-echo inside the tail.
+path; the echo canceller's tail (``window`` samples) should cover the acoustic part.
+Once per segment (``segment_s`` of signal in which the reference was active; the first
+one ``first_segment_s``), :func:`path_estimate` estimates the reference-to-mic impulse
+response over lags ``[0, max_delay + window)`` by regularised deconvolution (the cross-
+spectrum over the reference's power: the Roth processor of Knapp & Carter 1976), which,
+unlike GCC-PHAT's whitening of both signals, keeps the path's shape and lets bins the
+reference does not excite (tonal music) add little. The lag is the latest start ``d`` of
+a ``window``-long span whose path energy ``E(d) = sum_{k=d}^{d+window-1} h_k^2`` is
+within ``energy_tolerance`` of the best span's, moved on to the span's first tap within
+``onset_db`` of its strongest: the direct path at the span's start, with all the tail
+room for the reverberation, and a room whose strongest reflections arrive tens of ms
+after the direct path (where GCC-PHAT finds no distinct peak) still gets the span that
+holds them. A lag is accepted when its span holds at least ``min_share`` of the
+estimate's energy over all lags (an estimate of noise or of near-end speech spreads over
+every lag) and, if it differs from the current lag by more than ``hysteresis_samples``,
+only after ``confirm`` segments in a row agree (within the hysteresis). The delay
+applied to the reference is ``lag - margin`` (floored at 0): the margin keeps the
+filter's pre-echo inside the tail.
 
 Shapes: :meth:`push` takes ``(N,)`` float32 blocks of the mono reference and one mic.
 """

@@ -20,7 +20,9 @@ ctypes wheel, 10 ms frames, 128 ms tail, 16-bit I/O; needs the system ``libspeex
 for the 4-mic scenes also mica's whole chain (AEC per mic -> delay-and-sum ->
 residual-echo gains) against the plain beam; on the scene whose reference slides
 10 ms halfway (a loopback device restarted after an overrun) also ``mica-nr``, mica
-without the realignment of a slid reference (``AecParams.realign_max_ms = 0``).
+without the realignment of a slid reference (``AecParams.realign_max_ms = 0``). The
+stereo scene (two loudspeakers, two loopback channels) runs mica only (the speexdsp
+wrapper is mono).
 
 Prints ERLE (dB, :func:`~mica.evaluation.metrics.erle_db`) per 0.5 s window, the
 steady-state ERLE (median of the second half's windows), the time until the 1 s mean ERLE
@@ -81,7 +83,7 @@ def run_mica(
         realign_max_ms=AecParams.realign_max_ms if realign else 0.0,
     )
     params = EchoParams(aec=aec)
-    echo = EchoControl(n_mics, 1, HOP, FS_HZ, params)
+    echo = EchoControl(n_mics, scene.ref.shape[0], HOP, FS_HZ, params)
     echo.warmup()
     mic = scene.mic[:n_mics]
     n_blocks = mic.shape[1] // HOP
@@ -155,7 +157,8 @@ def run_speex(scene: EchoScene) -> tuple[np.ndarray, float]:
 def run_chain(scene: EchoScene, with_echo: bool) -> np.ndarray:
     """4-mic Enhancer (delay-and-sum), with the echo stage (AEC + RES) or without."""
     geometry = circular_geometry(4, 0.05)
-    enh = Enhancer(geometry, echo=EchoControl(4, 1, HOP, FS_HZ) if with_echo else None)
+    n_refs = scene.ref.shape[0]
+    enh = Enhancer(geometry, echo=EchoControl(4, n_refs, HOP, FS_HZ) if with_echo else None)
     n_blocks = scene.mic.shape[1] // HOP
     out = np.zeros(n_blocks * HOP, np.float32)
     for b in range(n_blocks):
@@ -226,6 +229,14 @@ def main() -> None:
         },
         # the 8-ch room's strongest taps at 7/33/46/97 ms within 3 % of each other
         "speech+60ms/flat": {"n_mics": 4, "playback_delay_ms": 60.0},
+        # stereo playback: speech on one loudspeaker, music on the other (two measured
+        # rooms' RIRs, cut to 120 ms so the 128 ms tail holds them: convergence, not caps)
+        "stereo": {
+            "n_mics": 4,
+            "rir": "mit_ir_survey_h010_livingroom_16k.wav",
+            "stereo_rir": "speechbrain_rir2.wav",
+            "stereo_tail_ms": 120.0,
+        },
         # the loopback restarts 10 ms late halfway (an overrun on a second sound card)
         "speech, slide": {
             "n_mics": 4,
@@ -250,7 +261,7 @@ def main() -> None:
         }
         if scene.reference_slide is not None:
             methods["mica-nr"] = run_mica(scene, realign=False)
-        if speex_why is None:
+        if speex_why is None and scene.ref.shape[0] == 1:  # the wrapper is mono only
             out, sec = run_speex(scene)
             methods["speex"] = (out, float("nan"), sec)
         on = onset_s(scene)
@@ -314,7 +325,8 @@ def main() -> None:
                 p, s = pesq_wb(y, near), si_sdr_db(y, near)
                 res[label] = {"pesq": p, "si_sdr_db": s}
                 print(f"{label:14s} near-end PESQ {p:.2f}, SI-SDR {s:5.1f} dB")
-        if scene.near_window_s is None and scene.reference_slide is None:
+        mono = scene.ref.shape[0] == 1
+        if scene.near_window_s is None and scene.reference_slide is None and mono:
             caps = linear_caps(scene, state["delay_samples"], state["tail_samples"], on)
             lin = make_echo_scene(corpus, seconds, drive=0.0, **{**specs[name], "n_mics": 1})
             out = run_mica(lin)[0]

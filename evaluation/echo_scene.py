@@ -43,7 +43,7 @@ class EchoScene:
     mic: np.ndarray
     """``(n_mic, n)`` microphone signals."""
     ref: np.ndarray
-    """``(1, n)`` loudspeaker reference (the loopback channel)."""
+    """``(n_ref, n)`` loudspeaker reference (the loopback channels: 1, or 2 in stereo)."""
     echo: np.ndarray
     """``(n_mic, n)`` echo component of ``mic``."""
     near: np.ndarray
@@ -89,6 +89,17 @@ def measured_rirs(corpus: Path, name: str = "lhotse_real_8ch.wav") -> np.ndarray
     return np.ascontiguousarray(data.T)
 
 
+def _cut(h: np.ndarray, tail_ms: float | None) -> np.ndarray:
+    """``h (n_ch, L)`` cut to ``tail_ms`` (faded out over its last 10 ms); ``None``: as is."""
+    if tail_ms is None:
+        return h
+    keep = min(h.shape[1], int(tail_ms * 1e-3 * FS_HZ))
+    out = h[:, :keep].copy()
+    fade = min(keep, int(0.01 * FS_HZ))
+    out[:, keep - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[None]
+    return out
+
+
 def make_echo_scene(
     corpus: Path,
     seconds: float = 10.0,
@@ -106,6 +117,8 @@ def make_echo_scene(
     noise_db: float = -70.0,
     seed: int = 0,
     reference_slide: tuple[float, int] | None = None,
+    stereo_rir: str | None = None,
+    stereo_tail_ms: float | None = None,
 ) -> EchoScene:
     """Render one scene (see the module doc).
 
@@ -124,7 +137,15 @@ def make_echo_scene(
         reference_slide: ``(time_s, samples)``: the reference (not the mics) slides by
             ``samples`` (late; negative: early) from ``time_s`` on (a loopback device
             restarted after an overrun and placed a few ms off).
+        stereo_rir: stereo playback: a second loudspeaker plays the other kind of far end
+            (music when ``far`` is speech, else speech) through this measured RIR (mic
+            ``m``: channel ``m % n_ch``); :attr:`EchoScene.ref` is then ``(2, n)`` and
+            ``echo``/``echo_linear`` hold both loudspeakers (``paths``: the first's).
+        stereo_tail_ms: cut both loudspeakers' RIRs to this (ms, faded over its last 10 ms)
+            so a canceller with that tail can model them fully (``None``: as measured).
     """
+    if stereo_rir is not None and path_change_s is not None:
+        raise ValueError("make_echo_scene: stereo_rir and path_change_s do not combine")
     n = int(seconds * FS_HZ)
     folder = corpus / ("speech" if far == "speech" else "noise")
     far_sig = concat_files(folder, FAR_SPEECH if far == "speech" else MUSIC, seconds)
@@ -134,10 +155,28 @@ def make_echo_scene(
     d = int(round(playback_delay_ms * 1e-3 * FS_HZ))
     played = np.concatenate([np.zeros(d, np.float32), played])[:n]
     linear = np.concatenate([np.zeros(d, np.float32), gain * far_sig])[:n]
-    h = measured_rirs(corpus, rir)
+    h = _cut(measured_rirs(corpus, rir), stereo_tail_ms)
     n_ch = h.shape[0]
     echo = np.stack([fftconvolve(played, h[m % n_ch])[:n] for m in range(n_mics)])
     echo_linear = np.stack([fftconvolve(linear, h[m % n_ch])[:n] for m in range(n_mics)])
+    refs = [far_sig]
+    if stereo_rir is not None:
+        other = "music" if far == "speech" else "speech"
+        far2 = concat_files(
+            corpus / ("speech" if other == "speech" else "noise"),
+            FAR_SPEECH if other == "speech" else MUSIC,
+            seconds,
+        )
+        far2 *= far_peak / max(float(np.max(np.abs(far2))), 1e-9)
+        played2 = loudspeaker(far2, drive)
+        gain2 = float(np.dot(far2, played2)) / max(float(np.dot(far2, far2)), 1e-20)
+        played2 = np.concatenate([np.zeros(d, np.float32), played2])[:n]
+        linear2 = np.concatenate([np.zeros(d, np.float32), gain2 * far2])[:n]
+        h2 = _cut(measured_rirs(corpus, stereo_rir), stereo_tail_ms)
+        n2 = h2.shape[0]
+        echo += np.stack([fftconvolve(played2, h2[m % n2])[:n] for m in range(n_mics)])
+        echo_linear += np.stack([fftconvolve(linear2, h2[m % n2])[:n] for m in range(n_mics)])
+        refs.append(far2)
     if path_change_s is not None:
         k = int(path_change_s * FS_HZ)
         h2 = measured_rirs(corpus, path_change_rir)
@@ -158,18 +197,18 @@ def make_echo_scene(
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(echo.shape) * 10.0 ** (noise_db / 20.0)
     mic = (echo + near + noise).astype(np.float32)
-    ref = far_sig.astype(np.float32)
+    ref = np.stack(refs).astype(np.float32)
     if reference_slide is not None:
         k, shift = int(reference_slide[0] * FS_HZ), int(reference_slide[1])
         slid = ref.copy()
         if shift > 0:
-            slid[k:] = ref[k - shift : n - shift]
+            slid[:, k:] = ref[:, k - shift : n - shift]
         elif shift < 0:
-            slid[k : n + shift] = ref[k - shift :]
+            slid[:, k : n + shift] = ref[:, k - shift :]
         ref = slid
     return EchoScene(
         mic=mic,
-        ref=ref[None, :],
+        ref=ref,
         echo=echo.astype(np.float32),
         near=near.astype(np.float32),
         near_window_s=near_window_s,

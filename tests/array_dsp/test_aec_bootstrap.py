@@ -82,7 +82,7 @@ def test_operator_and_solver_equal_the_normal_equations(gaps: tuple[int, ...]) -
         assert boot.push(x[sl], y[:, sl], b not in gaps)
     assert boot.full and boot.included_blocks == n_blocks - len(gaps)
     rows = [n for n in range(n_blocks * block) if n // block not in gaps]
-    r_mat, r_vec = explicit_normal_equations(boot.buf, taps, rows, y)
+    r_mat, r_vec = explicit_normal_equations(boot.buf[0], taps, rows, y)
     assert np.allclose(boot.r, r_vec.T, atol=1e-10)
     h = boot.solve(np.zeros((n_mics, taps)), 1e-3, 300)
     lam = 1e-3 * boot.t[0] + 1e-12
@@ -92,7 +92,7 @@ def test_operator_and_solver_equal_the_normal_equations(gaps: tuple[int, ...]) -
     assert np.allclose(boot._matvec(boot._op, v), (r_mat @ v.T).T, atol=1e-9)
     err = (
         y[:, rows].astype(np.float64)
-        - (np.array([boot.buf[taps - 1 + n - np.arange(taps)] for n in rows]) @ h.T).T
+        - (np.array([boot.buf[0, taps - 1 + n - np.arange(taps)] for n in rows]) @ h.T).T
     )
     assert np.allclose(boot.cost(h), np.sum(err**2, axis=1), rtol=1e-6)
 
@@ -134,6 +134,46 @@ def test_redelay_equals_a_segment_fed_at_the_new_delay(
         moved.redelay(max_delay + 1)
 
 
+@pytest.mark.parametrize(("n_refs", "gaps"), [(2, ()), (2, (4, 5, 13)), (3, (0,))])
+def test_several_references_equal_the_block_normal_equations(
+    n_refs: int, gaps: tuple[int, ...]
+) -> None:
+    """Stereo (and 3-channel) playback: the FFT statistics and the block-Toeplitz operator
+    equal the explicit covariance-method normal equations of the stacked regressor
+    ``[x_1(n) .. x_1(n - L + 1), x_2(n) ..]``, and PCG with the block-circulant
+    preconditioner reaches the dense solution; correlated channels (a shared component,
+    as in real stereo music) included."""
+    taps, block, n_blocks, n_mics = 24, 8, 16, 2
+    rng = np.random.default_rng(9)
+    common = rng.standard_normal(taps - 1 + n_blocks * block)
+    x_all = np.stack(
+        [common + 0.5 * rng.standard_normal(common.shape) for _ in range(n_refs)]
+    ).astype(np.float32)
+    y = rng.standard_normal((n_mics, n_blocks * block)).astype(np.float32)
+    boot = LsBootstrap(n_mics, taps, block, n_blocks, max_gaps=8, n_refs=n_refs)
+    boot.start(x_all[:, : taps - 1])
+    for b in range(n_blocks):
+        sl = slice(taps - 1 + b * block, taps - 1 + (b + 1) * block)
+        assert boot.push(x_all[:, sl], y[:, b * block : (b + 1) * block], b not in gaps)
+    rows = [n for n in range(n_blocks * block) if n // block not in gaps]
+    regressor = np.array(
+        [np.concatenate([x_all[i, taps - 1 + n - np.arange(taps)] for i in range(n_refs)])
+         for n in rows],
+        np.float64,
+    )
+    r_mat = regressor.T @ regressor
+    r_vec = (regressor.T @ y[:, rows].astype(np.float64).T).T
+    h = boot.solve(np.zeros((n_mics, n_refs * taps)), 1e-3, 400)
+    assert np.allclose(boot._r_snap, r_vec, atol=1e-9)
+    v = rng.standard_normal((n_mics, n_refs * taps))
+    assert np.allclose(boot._matvec(boot._op, v), (r_mat @ v.T).T, atol=1e-8)
+    lam = boot._lam
+    want = np.linalg.solve(r_mat + lam * np.eye(n_refs * taps), r_vec.T).T
+    assert np.allclose(h, want, atol=1e-7), np.abs(h - want).max()
+    err = y[:, rows].astype(np.float64) - (regressor @ h.T).T
+    assert np.allclose(boot.cost(h), np.sum(err**2, axis=1), rtol=1e-6)
+
+
 def test_a_solve_spread_over_blocks_equals_one_in_one_go() -> None:
     """:meth:`LsBootstrap.iterate` in chunks, with blocks pushed meanwhile (the solve works
     on its snapshot), ends where :meth:`LsBootstrap.solve` does."""
@@ -172,22 +212,30 @@ def test_segment_limits_and_refit_schedule() -> None:
     assert [n for n in range(1, 200) if refit_due(n, 5, 0.25)][:7] == [5, 10, 15, 20, 25, 31, 38]
 
 
-def test_canceller_with_bootstrap_equals_reference() -> None:
-    """White reference through a decaying path: the bootstrap takes over (kernel path and
-    numpy reference agree, and both refit)."""
+@pytest.mark.parametrize("n_refs", [1, 2])
+def test_canceller_with_bootstrap_equals_reference(n_refs: int) -> None:
+    """White reference (one channel, or two partly correlated: stereo) through decaying
+    paths: the bootstrap takes over (kernel path and numpy reference agree, and both
+    refit)."""
     rng = np.random.default_rng(4)
     n = 80 * HOP
-    ref = (0.1 * rng.standard_normal((1, n))).astype(np.float32)
+    common = rng.standard_normal(n)
+    ref = (0.1 * (common + 0.7 * rng.standard_normal((n_refs, n)))).astype(np.float32)
     taps = 4 * HOP
     mic = np.stack(
         [
-            np.convolve(ref[0], rng.standard_normal(taps) * np.exp(-np.arange(taps) / 100))[:n]
+            sum(
+                np.convolve(ref[i], rng.standard_normal(taps) * np.exp(-np.arange(taps) / 100))[
+                    :n
+                ]
+                for i in range(n_refs)
+            )
             for _ in range(2)
         ]
     )
     mic = (mic + 1e-3 * rng.standard_normal(mic.shape)).astype(np.float32)
     params = AecParams(tail_ms=50.0)
-    aec = EchoCanceller(2, 1, HOP, FS, params)
+    aec = EchoCanceller(2, n_refs, HOP, FS, params)
     out = np.zeros_like(mic)
     for b in range(80):
         sl = slice(b * HOP, (b + 1) * HOP)
@@ -196,7 +244,7 @@ def test_canceller_with_bootstrap_equals_reference() -> None:
     assert aec.bootstrap_refits_taken >= 2
     assert np.allclose(out, want["out"], atol=1e-5, rtol=0)
     off = aec_reference(mic, ref, HOP, FS, AecParams(tail_ms=50.0, bootstrap_s=0.0))
-    sl = slice(10 * HOP, 30 * HOP)
+    sl = slice(10 * n_refs * HOP, 30 * n_refs * HOP)  # R L unknowns: R times the rows
     assert erle_db(mic[0, sl], out[0, sl]) > erle_db(mic[0, sl], off["out"][0, sl]) + 10.0
 
 
@@ -229,3 +277,34 @@ def test_near_end_from_the_start_is_not_fitted(corpus_dir) -> None:
         )
     assert got["boot"][0] >= got["kalman"][0] - 0.5, got
     assert got["boot"][1] >= got["kalman"][1] - 1.0, got
+
+
+def test_stereo_playback_converges_with_the_bootstrap(corpus_dir) -> None:
+    """Stereo playback (speech on one loudspeaker, music on the other, two measured
+    rooms' RIRs cut to the tail): with the block-Toeplitz bootstrap the canceller is
+    >= 17 dB over 0.5-1.5 s after the onset and >= 6 dB better than the Kalman filter
+    alone (measured 20.7 vs 10.8 dB)."""
+    scene = make_echo_scene(
+        corpus_dir,
+        seconds=2.0,
+        n_mics=1,
+        rir="mit_ir_survey_h010_livingroom_16k.wav",
+        stereo_rir="speechbrain_rir2.wav",
+        stereo_tail_ms=120.0,
+    )
+    assert scene.ref.shape[0] == 2
+    got = {}
+    for boot_s in (1.0, 0.0):
+        aec = EchoCanceller(1, 2, HOP, FS, AecParams(bootstrap_s=boot_s))
+        out = np.zeros_like(scene.mic)
+        for b in range(scene.mic.shape[1] // HOP):
+            sl = slice(b * HOP, (b + 1) * HOP)
+            out[:, sl] = aec.process(
+                np.ascontiguousarray(scene.mic[:, sl]), np.ascontiguousarray(scene.ref[:, sl])
+            )
+        sl = slice(FS // 2, 3 * FS // 2)
+        got[boot_s] = erle_db(scene.echo[0, sl], out[0, sl] - scene.near[0, sl])
+        if boot_s:
+            assert aec.bootstrap_refits_taken >= 1
+    print(f"stereo ERLE 0.5-1.5 s: bootstrap {got[1.0]:.1f} dB, Kalman alone {got[0.0]:.1f} dB")
+    assert got[1.0] >= 17.0 and got[1.0] >= got[0.0] + 6.0, got

@@ -20,7 +20,9 @@ FS = 16000
 HOP = 160
 
 
-@pytest.mark.parametrize(("n_mics", "width", "max_shift"), [(1, 200, 30), (3, 512, 100), (2, 65, 32)])
+@pytest.mark.parametrize(
+    ("n_mics", "width", "max_shift"), [(1, 200, 30), (3, 512, 100), (2, 65, 32)]
+)
 def test_shift_residuals_equal_direct_sums(n_mics: int, width: int, max_shift: int) -> None:
     rng = np.random.default_rng(3)
     y = rng.standard_normal((n_mics, width)).astype(np.float32)
