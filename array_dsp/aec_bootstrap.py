@@ -310,7 +310,8 @@ class LsBootstrap:
             lo, hi = a - L + 1, b  # the samples these rows read
             s = np.zeros((self.n_refs, hi - lo))
             s[:, max(0, -lo) : min(hi, end) - lo] = self.buf[:, max(0, lo) : min(hi, end)]
-            nf = _fast_len(s.shape[1] + L)
+            # the conv's circular wrap lands on its first L - 1 outputs, which are unused
+            nf = _fast_len(s.shape[1])
             ops.append((np.fft.rfft(s, nf, axis=-1), nf, b - a))
         return np.fft.rfft(emb, axis=-1), ops
 
@@ -319,13 +320,17 @@ class LsBootstrap:
         L, n_refs = self.taps, self.n_refs
         t_spec, ranges = op
         v = v.reshape(self.n_mics, n_refs, L)
-        spec = np.einsum("ijk,mjk->mik", t_spec, np.fft.rfft(v, 2 * L, axis=-1))
+        v_spec = np.fft.rfft(v, 2 * L, axis=-1)
+        if n_refs == 1:
+            spec = t_spec[0] * v_spec
+        else:
+            spec = np.einsum("ijk,mjk->mik", t_spec, v_spec)
         out = np.fft.irfft(spec, 2 * L, axis=-1)[..., :L]
         for s_spec, nf, rows in ranges:
-            u = np.fft.irfft(np.einsum("jk,mjk->mk", s_spec, np.fft.rfft(v, nf, axis=-1)), nf)
-            w = np.zeros_like(u)
-            w[:, L - 1 : L - 1 + rows] = u[:, L - 1 : L - 1 + rows]  # u = X v
-            back = np.conj(s_spec)[None] * np.fft.rfft(w, axis=-1)[:, None]
+            u = np.fft.irfft((s_spec[None] * np.fft.rfft(v, nf, axis=-1)).sum(axis=1), nf)
+            u[:, : L - 1] = 0.0  # u = X v on the range's rows only
+            u[:, L - 1 + rows :] = 0.0
+            back = np.conj(s_spec)[None] * np.fft.rfft(u, axis=-1)[:, None]
             out -= np.fft.irfft(back, nf, axis=-1)[..., :L]
         return out.reshape(self.n_mics, -1)
 
