@@ -100,6 +100,30 @@ def _cut(h: np.ndarray, tail_ms: float | None) -> np.ndarray:
     return out
 
 
+def _far_end(corpus: Path, kind: str, seconds: float, peak: float) -> np.ndarray:
+    """``(n,)`` the far end, ``"speech"`` (LibriSpeech) or ``"music"`` (jazz), at ``peak``."""
+    folder = corpus / ("speech" if kind == "speech" else "noise")
+    x = concat_files(folder, FAR_SPEECH if kind == "speech" else MUSIC, seconds)
+    return x * (peak / max(float(np.max(np.abs(x))), 1e-9))
+
+
+def _loudspeaker_feeds(
+    far_sig: np.ndarray, drive: float, delay: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(played, linear)`` ``(n,)``: the soft-clipped far end and its best linear
+    approximation (the least-squares gain of the clipper), both after ``delay`` samples of
+    playback buffering."""
+    played = loudspeaker(far_sig, drive)
+    gain = float(np.dot(far_sig, played)) / max(float(np.dot(far_sig, far_sig)), 1e-20)
+    pad = np.zeros(delay, np.float32)
+    return np.concatenate([pad, played])[:n], np.concatenate([pad, gain * far_sig])[:n]
+
+
+def _through(x: np.ndarray, h: np.ndarray, n_mics: int, n: int) -> np.ndarray:
+    """``(n_mics, n)``: ``x`` through the RIRs ``h (n_ch, L)``, mic ``m`` channel ``m % n_ch``."""
+    return np.stack([fftconvolve(x, h[m % h.shape[0]])[:n] for m in range(n_mics)])
+
+
 def make_echo_scene(
     corpus: Path,
     seconds: float = 10.0,
@@ -147,40 +171,23 @@ def make_echo_scene(
     if stereo_rir is not None and path_change_s is not None:
         raise ValueError("make_echo_scene: stereo_rir and path_change_s do not combine")
     n = int(seconds * FS_HZ)
-    folder = corpus / ("speech" if far == "speech" else "noise")
-    far_sig = concat_files(folder, FAR_SPEECH if far == "speech" else MUSIC, seconds)
-    far_sig *= far_peak / max(float(np.max(np.abs(far_sig))), 1e-9)
-    played = loudspeaker(far_sig, drive)
-    gain = float(np.dot(far_sig, played)) / max(float(np.dot(far_sig, far_sig)), 1e-20)
     d = int(round(playback_delay_ms * 1e-3 * FS_HZ))
-    played = np.concatenate([np.zeros(d, np.float32), played])[:n]
-    linear = np.concatenate([np.zeros(d, np.float32), gain * far_sig])[:n]
+    far_sig = _far_end(corpus, far, seconds, far_peak)
+    played, linear = _loudspeaker_feeds(far_sig, drive, d, n)
     h = _cut(measured_rirs(corpus, rir), stereo_tail_ms)
-    n_ch = h.shape[0]
-    echo = np.stack([fftconvolve(played, h[m % n_ch])[:n] for m in range(n_mics)])
-    echo_linear = np.stack([fftconvolve(linear, h[m % n_ch])[:n] for m in range(n_mics)])
+    echo = _through(played, h, n_mics, n)
+    echo_linear = _through(linear, h, n_mics, n)
     refs = [far_sig]
     if stereo_rir is not None:
-        other = "music" if far == "speech" else "speech"
-        far2 = concat_files(
-            corpus / ("speech" if other == "speech" else "noise"),
-            FAR_SPEECH if other == "speech" else MUSIC,
-            seconds,
-        )
-        far2 *= far_peak / max(float(np.max(np.abs(far2))), 1e-9)
-        played2 = loudspeaker(far2, drive)
-        gain2 = float(np.dot(far2, played2)) / max(float(np.dot(far2, far2)), 1e-20)
-        played2 = np.concatenate([np.zeros(d, np.float32), played2])[:n]
-        linear2 = np.concatenate([np.zeros(d, np.float32), gain2 * far2])[:n]
+        far2 = _far_end(corpus, "music" if far == "speech" else "speech", seconds, far_peak)
+        played2, linear2 = _loudspeaker_feeds(far2, drive, d, n)
         h2 = _cut(measured_rirs(corpus, stereo_rir), stereo_tail_ms)
-        n2 = h2.shape[0]
-        echo += np.stack([fftconvolve(played2, h2[m % n2])[:n] for m in range(n_mics)])
-        echo_linear += np.stack([fftconvolve(linear2, h2[m % n2])[:n] for m in range(n_mics)])
+        echo += _through(played2, h2, n_mics, n)
+        echo_linear += _through(linear2, h2, n_mics, n)
         refs.append(far2)
     if path_change_s is not None:
         k = int(path_change_s * FS_HZ)
-        h2 = measured_rirs(corpus, path_change_rir)
-        alt = np.stack([fftconvolve(played, h2[m % h2.shape[0]])[:n] for m in range(n_mics)])
+        alt = _through(played, measured_rirs(corpus, path_change_rir), n_mics, n)
         alt *= np.sqrt(np.mean(echo[:, :k] ** 2) / (np.mean(alt[:, :k] ** 2) + 1e-20))
         echo[:, k:] = alt[:, k:]
     scale = echo_peak / max(float(np.max(np.abs(echo))), 1e-9)
@@ -213,7 +220,7 @@ def make_echo_scene(
         near=near.astype(np.float32),
         near_window_s=near_window_s,
         echo_linear=echo_linear.astype(np.float32),
-        paths=np.stack([h[m % n_ch] * scale for m in range(n_mics)]).astype(np.float32),
+        paths=np.stack([h[m % h.shape[0]] * scale for m in range(n_mics)]).astype(np.float32),
         playback_delay_samples=d,
         reference_slide=reference_slide,
     )
