@@ -761,9 +761,12 @@ class EchoCanceller:
         # the recent mic and echo-estimate blocks, for the shift test of an echo-path
         # change (see _realign)
         self._shift_max = int(round(p.realign_max_ms * 1e-3 * fs_hz))
-        ring_blocks = p.path_change_blocks + 2 * (-(-self._shift_max // n))
-        ring_len = ring_blocks * n if self._shift_max else 0
-        self._y_ring = np.zeros((self.n_mics, ring_len), np.float32)
+        # blocks in the ring (0: realignment off): the path-change run and the shift range
+        # on both sides
+        self._ring_blocks = (
+            p.path_change_blocks + 2 * (-(-self._shift_max // n)) if self._shift_max else 0
+        )
+        self._y_ring = np.zeros((self.n_mics, self._ring_blocks * n), np.float32)
         self._e_ring = np.zeros_like(self._y_ring)
         # the ring also keeps (P + 1) N older samples, so a new delay can rebuild the
         # reference history (see :meth:`set_delay`), and the realignment window more
@@ -1094,8 +1097,8 @@ class EchoCanceller:
             k = self._ring_block * n
             self._y_ring[:, k : k + n] = mic
             self._e_ring[:, k : k + n] = self.echo
-            self._ring_block = (self._ring_block + 1) % (self._y_ring.shape[1] // n)
-            self._ring_fill = min(self._ring_fill + 1, self._y_ring.shape[1] // n)
+            self._ring_block = (self._ring_block + 1) % self._ring_blocks
+            self._ring_fill = min(self._ring_fill + 1, self._ring_blocks)
         if self._shift_max and not self._mon[3]:
             # a slid reference may leave the error incoherent with it (the detector then
             # sees double talk, not a path change): test for a slide on the error alone
@@ -1109,7 +1112,7 @@ class EchoCanceller:
                 else:
                     self._slide_run = self._slide_run + 1 if big and self._converged else 0
                 self._calm = self._calm + 1 if calm and self._converged else 0
-            ring_blocks = self._y_ring.shape[1] // n
+            ring_blocks = self._ring_blocks
             if self._slide_run >= ring_blocks or (self._verify and self._ring_fill >= ring_blocks):
                 # the ring is all after the slide; or the first ring after a realignment
                 # (a check: the estimates it was found on were partly adapted to the slid
@@ -1155,7 +1158,7 @@ class EchoCanceller:
         keeping the filter (the reference history is rebuilt from the delay
         line) and return True. Allocates (a rare event)."""
         m, n = self._shift_max, self.block_samples
-        if not m or self.max_delay_samples == 0 or self._ring_fill < self._y_ring.shape[1] // n:
+        if not m or self.max_delay_samples == 0 or self._ring_fill < self._ring_blocks:
             return False  # off, no delay line, or the ring holds estimates of two alignments
         k = self._ring_block * n  # oldest sample first
         y = np.concatenate([self._y_ring[:, k:], self._y_ring[:, :k]], axis=1)
