@@ -63,6 +63,35 @@ def erle_db(echo: np.ndarray, residual: np.ndarray) -> float:
     return float(10.0 * np.log10(echo_energy / max(float(np.sum(r**2)), 1e-30)))
 
 
+def echo_convergence_s(echo: np.ndarray, residual: np.ndarray, onset_sample: int,
+                       fs_hz: int = 16000, level_db: float = 20.0, hold_s: float = 1.0,
+                       step_s: float = 0.05) -> float:
+    """Convergence time of an echo canceller (s after the far-end onset), in the sense of
+    ITU-T G.168's definition (the time from applying the far-end signal to a canceller
+    that starts from zero until the returned echo reaches a defined level) with a hold:
+    the earliest ``t`` on a ``step_s`` grid from ``onset_sample`` at which
+    ``erle_db(echo[t : t + hold], residual[t : t + hold]) >= level_db``: from ``t`` on the
+    canceller removes at least ``level_db`` of the echo energy over the next ``hold_s``.
+    One energy ratio over the hold, so a bad stretch inside it cannot hide behind
+    silence or a good stretch (a 50 ms burst at 0 dB caps a 1 s window at 13 dB).
+
+    ``echo``, ``residual``: ``(n,)`` as for :func:`erle_db`. Returns ``nan`` when no such
+    ``t`` exists (windows with no echo energy are skipped).
+    """
+    r, e = _pair(residual, echo, "echo_convergence_s")
+    hold, step = int(round(hold_s * fs_hz)), max(1, int(round(step_s * fs_hz)))
+    if hold <= 0 or not 0 <= onset_sample < e.shape[0]:
+        raise ValueError(f"echo_convergence_s: need hold_s > 0 and 0 <= onset_sample < "
+                         f"{e.shape[0]}, got {hold_s}, {onset_sample}")
+    ce = np.concatenate([[0.0], np.cumsum(e**2)])
+    cr = np.concatenate([[0.0], np.cumsum(r**2)])
+    for t in range(onset_sample, e.shape[0] - hold + 1, step):
+        ee, rr = ce[t + hold] - ce[t], cr[t + hold] - cr[t]
+        if ee > 0.0 and ee >= rr * 10.0 ** (level_db / 10.0):
+            return (t - onset_sample) / fs_hz
+    return float("nan")
+
+
 def _pair(estimate: np.ndarray, reference: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     est = np.asarray(estimate, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mica.evaluation.metrics import si_sdr_db
+from mica.evaluation.metrics import echo_convergence_s, si_sdr_db
 
 
 def reference(n: int = 4000, seed: int = 0) -> np.ndarray:
@@ -161,3 +161,24 @@ def test_wake_word_engines_fire_on_the_phrase_only() -> None:
     for engine in WAKE_ENGINES:
         assert wake_word_detected(phrase, "okay_nabu", engine), engine
         assert not wake_word_detected(other, "okay_nabu", engine), engine
+
+
+def test_echo_convergence_is_when_the_next_second_is_cancelled() -> None:
+    """A residual that drops from the echo's level to -30 dB at 0.4 s after the onset
+    converges at 0.4 s; a 50 ms burst of uncancelled echo at 1.0 s moves it past the
+    burst (one energy ratio over the hold: the burst cannot hide); never below 20 dB: nan."""
+    fs, onset = 16000, 1600
+    rng = np.random.default_rng(0)
+    echo = rng.standard_normal(4 * fs)
+    echo[:onset] = 0.0
+    residual = echo.copy()
+    residual[onset + int(0.4 * fs):] *= 10 ** (-30 / 20)
+    assert echo_convergence_s(echo, residual, onset, fs) == pytest.approx(0.4)
+    burst = residual.copy()
+    a = onset + fs
+    burst[a : a + 800] = echo[a : a + 800]
+    t = echo_convergence_s(echo, burst, onset, fs)
+    assert t == pytest.approx(1.05)
+    assert np.isnan(echo_convergence_s(echo, echo * 0.2, onset, fs))  # 14 dB only
+    with pytest.raises(ValueError, match="onset_sample"):
+        echo_convergence_s(echo, residual, len(echo), fs)
