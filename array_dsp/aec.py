@@ -184,8 +184,9 @@ class AecParams:
         bootstrap_iterations: conjugate-gradient iterations per refit (warm start: the
             Kalman filter; 10 and 30 measured equal).
         bootstrap_iterations_per_block: ... run this many per block (a refit is spread over
-            ``iterations / per_block`` blocks and taken when done, so no block carries a
-            whole solve; a refit falling due while one runs is skipped).
+            ``iterations / per_block`` blocks after the block that begins it and taken in
+            the block after the last, so no block carries a whole solve or two of its
+            parts; a refit falling due while one runs is skipped).
         bootstrap_max_gaps: double-talk gaps a segment may have (more: it ends).
         bootstrap_dt_erle_db: the double-talk state excludes blocks from the fit only once
             the canceller's ERLE reached this (dB): before that the detector mostly
@@ -1090,7 +1091,9 @@ class EchoCanceller:
             if self._boot_state == 2:
                 self._boot_state = 1
             self._boot.abort()
-        elif self._boot is not None and (self._boot_state or self._boot.solving):
+        elif self._boot is not None and (
+            self._boot_state or self._boot.solving or self._boot.ready
+        ):
             self._bootstrap_step(mic, ref)
         self.realigned_samples = 0
         if self._shift_max:
@@ -1211,9 +1214,15 @@ class EchoCanceller:
         segment at the far end's first block, add the block (its rows only outside
         trusted double talk), begin a refit when one is due or the segment moved to a new
         delay (warm start: the Kalman filter), run ``bootstrap_iterations_per_block`` of
-        its PCG iterations, and when it is done take the LS filter for each mic
-        :meth:`LsBootstrap.accept` admits."""
+        its PCG iterations, and in the block after it is done take the LS filter for each
+        mic :meth:`LsBootstrap.accept` admits. A refit's beginning, its iterations and its
+        taking fall in different blocks (a refit due in a taking block begins in the
+        next), so no block pays for two of them: the slowest block is the slowest part."""
         boot, n, p = self._boot, self.block_samples, self.params
+        took, began = boot.ready, False  # a solve finished in the last block: take it now
+        if took:
+            boot.ready = False
+            self._bootstrap_take()
         if self._boot_state == 1 and self._mon[0]:
             length = self._ring.shape[1]
             head = boot.max_delay + boot.taps - 1  # undelayed samples before this block
@@ -1229,7 +1238,7 @@ class EchoCanceller:
             if not boot.push(self._x_cur, mic, include, ref):
                 self._boot_state = 0
             else:
-                if (
+                due = (
                     include
                     and not boot.solving
                     and (
@@ -1240,13 +1249,17 @@ class EchoCanceller:
                             p.bootstrap_refit_growth,
                         )
                     )
-                ):
+                )
+                if due and took:
+                    self._boot_refit_now = True  # the next block begins it
+                elif due:
                     self._boot_refit_now = False
                     boot.begin(self._filter_taps(), p.bootstrap_reg, p.bootstrap_iterations)
+                    began = True
                 if boot.full:
                     self._boot_state = 0
-        if boot.solving and boot.iterate(p.bootstrap_iterations_per_block):
-            self._bootstrap_take()
+        if boot.solving and not began:
+            boot.iterate(p.bootstrap_iterations_per_block)  # done: taken next block
 
     def _filter_taps(self) -> np.ndarray:
         """``(n_mic, n_ref P N)`` impulse responses of the filters (ref-major). Allocates."""
@@ -1370,6 +1383,7 @@ def aec_reference(
         else None
     )
     boot_state = 1
+    refit_next = False  # a refit came due in a taking block: begin it in the next
     out = np.zeros((n_mic, n_blocks * n), np.float32)
     echo = np.zeros_like(out)
     res = {k: np.zeros(n_blocks) for k in ("far", "double_talk", "erle_db", "path_change")}
@@ -1458,29 +1472,9 @@ def aec_reference(
         res["double_talk"][b] = dt
         res["erle_db"][b] = 10 * np.log10((sy + 1e-30) / (se + 1e-30)) if sy > 0 else np.nan
         res["path_change"][b] = change
-        if boot is not None and boot_state == 1 and far:
-            lo = b * n - (n_part * n - 1)
-            pre = ref_d[:, max(0, lo) : b * n].astype(np.float64)
-            boot.start(np.concatenate([np.zeros((n_ref, max(0, -lo))), pre], axis=1))
-            boot_state = 2
-        if boot is not None and boot_state == 2:
-            erle = res["erle_db"][b]
-            include = not (dt and not np.isnan(erle) and erle >= p.bootstrap_dt_erle_db)
-            if not boot.push(x_cur, mic[:, sl], include):
-                boot_state = 0
-            else:
-                if (
-                    include
-                    and not boot.solving
-                    and refit_due(
-                        boot.included_blocks, p.bootstrap_refit_blocks, p.bootstrap_refit_growth
-                    )
-                ):
-                    taps = np.fft.irfft(w, 2 * n)[..., :n].reshape(n_mic, -1)
-                    boot.begin(taps, p.bootstrap_reg, p.bootstrap_iterations)
-                if boot.full:
-                    boot_state = 0
-        if boot is not None and boot.solving and boot.iterate(p.bootstrap_iterations_per_block):
+        took = began = False
+        if boot is not None and boot.ready:  # a solve finished in the last block
+            boot.ready, took = False, True
             taps = np.fft.irfft(w, 2 * n)[..., :n].reshape(n_mic, -1)
             h = boot.solution.reshape(n_mic, n_ref, n_part, n)
             better = boot.accept(
@@ -1488,6 +1482,41 @@ def aec_reference(
             )
             hp = np.concatenate([h, np.zeros_like(h)], -1)
             w[better] = np.fft.rfft(hp, axis=-1)[better]
+        if boot is not None and boot_state == 1 and far:
+            lo = b * n - (n_part * n - 1)
+            pre = ref_d[:, max(0, lo) : b * n].astype(np.float64)
+            boot.start(np.concatenate([np.zeros((n_ref, max(0, -lo))), pre], axis=1))
+            boot_state = 2
+            refit_next = False
+        if boot is not None and boot_state == 2:
+            erle = res["erle_db"][b]
+            include = not (dt and not np.isnan(erle) and erle >= p.bootstrap_dt_erle_db)
+            if not boot.push(x_cur, mic[:, sl], include):
+                boot_state = 0
+            else:
+                due = (
+                    include
+                    and not boot.solving
+                    and (
+                        refit_next
+                        or refit_due(
+                            boot.included_blocks,
+                            p.bootstrap_refit_blocks,
+                            p.bootstrap_refit_growth,
+                        )
+                    )
+                )
+                if due and took:
+                    refit_next = True  # the next block begins it
+                elif due:
+                    refit_next = False
+                    taps = np.fft.irfft(w, 2 * n)[..., :n].reshape(n_mic, -1)
+                    boot.begin(taps, p.bootstrap_reg, p.bootstrap_iterations)
+                    began = True
+                if boot.full:
+                    boot_state = 0
+        if boot is not None and boot.solving and not began:
+            boot.iterate(p.bootstrap_iterations_per_block)  # done: taken next block
         if change:
             boot_state = 1
             if boot is not None:

@@ -185,6 +185,9 @@ class LsBootstrap:
         self._mic = np.zeros((n_mics, max_blocks * block_samples), np.float32)
         self.solution = np.zeros((n_mics, n_refs * taps), np.float64)
         self._left = 0  # PCG iterations left in the current solve
+        self.ready = False
+        """A finished solve's :attr:`solution` waits to be taken (cleared by the taker, by
+        :meth:`abort`, :meth:`start`, :meth:`redelay` and :meth:`begin`)."""
 
     def start(self, pre: np.ndarray, delay: int = 0) -> None:
         """A new segment, its reference delayed by ``delay`` samples (``<= max_delay``);
@@ -210,6 +213,7 @@ class LsBootstrap:
         self.blocks = 0
         self.solution.fill(0.0)
         self._left = 0
+        self.ready = False
 
     @property
     def full(self) -> bool:
@@ -258,6 +262,7 @@ class LsBootstrap:
         if not 0 <= delay <= self.max_delay:
             raise ValueError(f"delay must be in [0, {self.max_delay}], got {delay}")
         self._left = 0
+        self.ready = False
         self.delay = int(delay)
         lag, n_rows = self.taps - 1, self.blocks * self.block_samples
         head = self.max_delay + lag
@@ -372,6 +377,7 @@ class LsBootstrap:
         z = self._precondition(res)
         self._cg = [x, res, z.copy(), np.sum(res * z, axis=1)]  # x, residual, p, r.z
         self._left = iterations
+        self.ready = False
 
     @property
     def solving(self) -> bool:
@@ -399,11 +405,13 @@ class LsBootstrap:
         if self._left:
             return False
         self.solution[...] = x
+        self.ready = True
         return True
 
     def abort(self) -> None:
-        """Drop a solve in progress."""
+        """Drop a solve in progress and a finished one not yet taken."""
         self._left = 0
+        self.ready = False
 
     def solve(self, h0: np.ndarray, reg: float, iterations: int) -> np.ndarray:
         """:meth:`begin` and all its iterations; returns :attr:`solution`."""
