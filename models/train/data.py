@@ -249,15 +249,20 @@ def _noise_v3(rng: np.random.Generator, src: Sources, n: int) -> np.ndarray:
 
 
 def make_example(rng: np.random.Generator, src: Sources, n_samples: int,
-                 p_clean: float = 0.05, p_high_snr: float = 0.0, noise_set: str = "v1"
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 p_clean: float = 0.05, p_high_snr: float = 0.0, noise_set: str = "v1",
+                 reverb_target: str = "early") -> tuple[np.ndarray, np.ndarray]:
     """One ``(noisy, target)`` pair of ``n_samples`` float32 each.
 
     ``p_clean``: share of clean-only examples (target = input: do no harm); ``p_high_snr``:
     share of examples at 20-40 dB SNR (the rest -5..20 dB); 5 % are noise only.
     ``noise_set``: ``v1`` (corpus, car, fan, babble) or ``v3`` (:func:`_noise_v3`, plus a
     second noise 0-15 dB weaker in 30 % of the examples).
+    ``reverb_target``: for the half of the examples put through a RIR, ``early`` (the
+    direct path + 50 ms of early reflections: the model also dereverberates) or ``wet``
+    (the reverberant speech: the model removes noise only). Same random draws either way.
     """
+    if reverb_target not in ("early", "wet"):
+        raise ValueError(f"reverb_target must be 'early' or 'wet', got {reverb_target!r}")
     n = n_samples
     speech = src.speech[int(rng.integers(len(src.speech)))]
     s = _segment(rng, speech, n)
@@ -268,6 +273,8 @@ def make_example(rng: np.random.Generator, src: Sources, n_samples: int,
         rir = src.rirs[int(rng.integers(len(src.rirs)))] if rng.random() < 0.5 \
             else synthetic_rir(rng)
         s, target = _reverb(rng, s, rir)
+        if reverb_target == "wet":
+            target = s
     u = rng.random()
     if noise_set == "v3":
         noise = _noise_v3(rng, src, n)
@@ -307,12 +314,14 @@ def make_example(rng: np.random.Generator, src: Sources, n_samples: int,
 
 def make_batch(seed: int, step: int, src: Sources, batch: int, n_frames: int,
                weights: np.ndarray, p_clean: float = 0.05, p_high_snr: float = 0.0,
-               extended: bool = False, noise_set: str = "v1") -> dict[str, np.ndarray]:
+               extended: bool = False, noise_set: str = "v1", reverb_target: str = "early"
+               ) -> dict[str, np.ndarray]:
     """Features ``(B, T, F)``, noisy and target magnitudes ``(B, T, n_bins)``."""
     rng = np.random.default_rng([seed, step])
     feats, ymag, smag = [], [], []
     for _ in range(batch):
-        noisy, target = make_example(rng, src, n_frames * HOP, p_clean, p_high_snr, noise_set)
+        noisy, target = make_example(rng, src, n_frames * HOP, p_clean, p_high_snr, noise_set,
+                                     reverb_target)
         y = stft_reference(noisy[None], HOP)[:, 0]
         s = stft_reference(target[None], HOP)[:, 0]
         feats.append(features_reference(y[None], weights, extended))

@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(mica.models.features)")
     ap.add_argument("--noise-set", choices=("v1", "v3"), default="v1",
                     help="v3 adds transients, modulated noise/hum and two-noise mixtures")
+    ap.add_argument("--reverb-target", choices=("early", "wet"), default="early",
+                    help="target of reverberant examples: early (direct + 50 ms: the model "
+                         "dereverberates too) or wet (the reverberant speech: denoise only)")
     ap.add_argument("--quiet-db", type=float, default=None,
                     help="leave frames this far below the loudest out of the loss of "
                          "clean-only examples (default: keep every frame)")
@@ -134,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     w_t = torch.from_numpy(weights)
     val = {k: torch.from_numpy(v) for k, v in
            make_batch(args.seed + 999, 0, src, 32, args.frames, weights,
-                      args.p_clean, args.p_high_snr, extended, args.noise_set).items()}
+                      args.p_clean, args.p_high_snr, extended, args.noise_set,
+                      args.reverb_target).items()}
     ema = None
     best_val = float("inf")
     if (args.out / "best.pt").exists():
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     def fresh(k: int) -> dict[str, np.ndarray]:
         if k not in pool:
             pool[k] = make_batch(args.seed, k, src, args.batch, args.frames, weights,
-                                 args.p_clean, args.p_high_snr, extended, args.noise_set)
+                                 args.p_clean, args.p_high_snr, extended, args.noise_set,
+                                 args.reverb_target)
             for old in [j for j in pool if j <= k - args.pool]:
                 del pool[old]
         return pool[k]

@@ -77,3 +77,32 @@ def test_quiet_frames_of_clean_examples_leave_the_loss() -> None:
     g3 = g.clone()
     g3[1, :4] = 0.0  # the quiet frames of the noisy example still count
     assert loss_fn(g, batch, w, 0.5, 40.0) != loss_fn(g3, batch, w, 0.5, 40.0)
+
+
+def test_wet_reverb_target_keeps_the_reverberant_speech(corpus_dir) -> None:
+    """``reverb_target="wet"`` draws the same mixture as ``early`` (same random draws) and
+    only its target differs: the reverberant speech instead of direct path + 50 ms; an
+    unknown value is refused."""
+    from mica.models.train.data import Sources, _read16k, make_example
+
+    speech = [_read16k(corpus_dir / "speech" / "librispeech_2412-153948-0000.wav")]
+    noises = [_read16k(corpus_dir / "noise" / "cafe_short_16k.wav")]
+    rirs = [_read16k(corpus_dir / "rir" / "speechbrain_rir1.wav")]
+    src = Sources(speech=speech, noises=noises, rirs=rirs)
+    differs = 0
+    for seed in range(12):
+        noisy_e, tgt_e = make_example(np.random.default_rng(seed), src, FS, 0.0, 0.0, "v1")
+        noisy_w, tgt_w = make_example(np.random.default_rng(seed), src, FS, 0.0, 0.0, "v1",
+                                      "wet")
+        assert np.array_equal(noisy_e, noisy_w)
+        if not np.allclose(tgt_e, tgt_w):
+            differs += 1
+            # the wet target is the speech in the mixture: the mixture minus it is the noise,
+            # which is uncorrelated with it
+            n = noisy_w - tgt_w
+            assert abs(np.dot(n, tgt_w)) < 0.2 * np.sqrt(np.dot(n, n) * np.dot(tgt_w, tgt_w))
+            # and it holds more energy than the early target (the reverberant tail)
+            assert np.sum(tgt_w**2) > np.sum(tgt_e**2)
+    assert differs >= 3  # about half of the examples are reverberant
+    with pytest.raises(ValueError, match="reverb_target"):
+        make_example(np.random.default_rng(0), src, FS, reverb_target="dry")
