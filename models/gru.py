@@ -5,20 +5,23 @@ beam output; optionally a noise reference) with running-mean normalisation
 (:mod:`mica.models.features`; a card with ``"features": "ext"`` adds per band a noise-floor
 SNR, a temporal delta and the in-band spectral flatness) -> ``Linear + tanh`` -> ``GRU`` ->
 ``GRU`` -> ``Linear(h1 ++ h2) + sigmoid`` = one gain per band -> interpolated to bins ->
-floored -> applied to the beam spectrum. Causal, no look-ahead: it adds no latency to the
+floored (or refined per bin, :mod:`mica.models.refine`, where the card asks for it) ->
+applied to the beam spectrum. Causal, no look-ahead: it adds no latency to the
 STFT chain.
 
 The bundle is ``<name>.npz`` (float32 arrays, names as :meth:`BandGainNet.to_arrays` in the
 training recipe) plus ``<name>.json``, the model card: ``version``, ``n_params``,
 ``macs_per_frame``, ``macs_per_s``, ``n_streams``, ``n_bands``, ``n_bins``, ``fs_hz``,
 ``hop_samples``, ``gain_floor_db``, ``features`` (``base`` when absent, or ``ext``),
-``training`` (data, command, steps) and ``metrics``.
+``training`` (data, command, steps) and ``metrics``; optionally ``refine`` (``true``, or an
+object of :class:`~mica.models.refine.RefineParams` fields): the output gain is refined per
+bin by :mod:`mica.models.refine` (denoiser-v1 and -v3 ship with it on).
 The default bundle is ``models/data/denoiser-v1`` (package data); ``denoiser-v2`` (v1
 fine-tuned for do-no-harm) and ``denoiser-v3`` (extended features, more noise kinds) ship
 beside it and load by path.
 
-:class:`GruDenoiser` runs one Numba kernel per frame into buffers allocated in its
-constructor (``nogil``; nothing is allocated per frame).
+:class:`GruDenoiser` runs one Numba kernel per frame (two with the refinement) into buffers
+allocated in its constructor (``nogil``; nothing is allocated per frame).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from mica.models.features import (
     feats_per_band,
     features_reference,
 )
+from mica.models.refine import RefineParams, refine_kernel, refine_reference
 
 DEFAULT_BUNDLE = "denoiser-v1"
 """The shipped bundle behind a beamformer (array mode: best after MVDR, benchmarks/denoise.py)."""
@@ -124,6 +128,24 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     if bad or n_bins != int(card["n_bins"]) or n_bands != int(card["n_bands"]):
         raise BundleError(f"{npz}: inconsistent bundle: {bad or 'n_bins/n_bands vs card'}")
     return Bundle(arrays=arrays, card=card, path=str(npz))
+
+
+def refine_params(bundle: Bundle) -> RefineParams | None:
+    """The card's per-bin refinement: ``None`` when ``refine`` is absent or false, the default
+    :class:`RefineParams` for ``true``, those fields for an object. Raises :class:`BundleError`
+    for anything else."""
+    value = bundle.card.get("refine", False)
+    if value is False:
+        return None
+    if value is True:
+        return RefineParams()
+    if isinstance(value, dict):
+        try:
+            return RefineParams(**value)
+        except (TypeError, ValueError) as err:
+            raise BundleError(f"{bundle.path}: card 'refine': {err}") from err
+    raise BundleError(f"{bundle.path}: card 'refine' must be true, false or an object of "
+                      f"RefineParams fields, not {value!r}")
 
 
 def count_params(arrays: dict[str, np.ndarray]) -> int:
@@ -301,8 +323,9 @@ def net_reference(feats: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
     return _np_sigmoid(np.concatenate([h1, h2], 1) @ a["out_w"].T + a["out_b"])
 
 
-def gru_reference(spectra: np.ndarray, bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-signal reference of :class:`GruDenoiser`.
+def gru_reference(spectra: np.ndarray, bundle: Bundle,
+                  refine: bool | RefineParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-signal reference of :class:`GruDenoiser` (``refine`` as there).
 
     spectra: ``(n_streams, n_frames, n_bins)`` complex; returns ``(out (n_frames, n_bins)
     complex64, band gains (n_frames, n_bands) float32)``.
@@ -310,8 +333,21 @@ def gru_reference(spectra: np.ndarray, bundle: Bundle) -> tuple[np.ndarray, np.n
     a = bundle.arrays
     band = net_reference(features_reference(spectra, a["erb_w"], bundle.extended), a)
     floor = 10.0 ** (float(bundle.card["gain_floor_db"]) / 20.0)
+    params = _resolve_refine(bundle, refine)
+    if params is not None:
+        mask = (band.astype(np.float32) @ a["erb_w"]).astype(np.float32)
+        out, _ = refine_reference(spectra[0], mask, floor, params)
+        return out, band.astype(np.float32)
     g = np.maximum(band @ a["erb_w"].astype(np.float64), floor)
     return (spectra[0] * g).astype(np.complex64), band.astype(np.float32)
+
+
+def _resolve_refine(bundle: Bundle, refine: bool | RefineParams | None) -> RefineParams | None:
+    if refine is None:
+        return refine_params(bundle)
+    if refine is True:
+        return RefineParams()
+    return refine or None
 
 
 # --- streaming stage -----------------------------------------------------------------------
@@ -324,11 +360,15 @@ class GruDenoiser:
         bundle: a :class:`Bundle` (see :func:`load_bundle`).
         n_bins: bins per frame of the chain; must equal the bundle's.
         gain_floor_db: overrides the card's gain floor.
+        refine: per-bin refinement of the output gain (:mod:`mica.models.refine`): ``None``
+            follows the card (``refine``), ``False`` off, ``True`` the default
+            :class:`RefineParams`, or those params. :attr:`speech_mask` stays the model's.
     """
 
     name = "model"
 
-    def __init__(self, bundle: Bundle, n_bins: int, gain_floor_db: float | None = None) -> None:
+    def __init__(self, bundle: Bundle, n_bins: int, gain_floor_db: float | None = None,
+                 refine: bool | RefineParams | None = None) -> None:
         card = bundle.card
         if int(card["n_bins"]) != n_bins:
             raise BundleError(f"{bundle.path}: model expects {card['n_bins']} bins per frame "
@@ -367,6 +407,13 @@ class GruDenoiser:
         self.speech_mask = np.zeros(n_bins, np.float32)
         """Unfloored per-bin gain of the last frame, in [0, 1] (the speech mask)."""
         self._out = np.zeros(n_bins, np.complex64)
+        self.refine = _resolve_refine(bundle, refine)
+        """The per-bin refinement's params, or ``None`` when it is off."""
+        self._refine_scalars = self.refine.scalars() if self.refine is not None else ()
+        self._noise_psd = np.zeros(n_bins, np.float64)
+        self._prev_a2 = np.zeros(n_bins, np.float64)
+        self._refine_seen = np.zeros(1, np.int64)
+        self._gain = np.zeros(n_bins, np.float32)
 
     @property
     def latency_samples(self) -> int:
@@ -391,14 +438,20 @@ class GruDenoiser:
                             self._smooth, self._noise_floor, self._prev, self._wsum,
                             self._feat, self._dense, self._gi, self._gh, self._hcat,
                             self.band_gain, self.speech_mask, self._out)
+        if self.refine is not None:
+            refine_kernel(self._in[0], self.speech_mask, self._gain_floor,
+                          *self._refine_scalars, self._noise_psd, self._prev_a2,
+                          self._refine_seen, self._gain, self._out)
         return self._out
 
     def reset(self) -> None:
         """Back to the state before the first frame."""
         for arr in (self._mu, self._h1, self._h2, self.band_gain, self.speech_mask,
-                    self._smooth, self._noise_floor, self._prev):
+                    self._smooth, self._noise_floor, self._prev, self._noise_psd,
+                    self._prev_a2, self._gain):
             arr.fill(0.0)
         self._started.fill(0)
+        self._refine_seen.fill(0)
 
     def warmup(self) -> None:
         """Compile (or load) the kernel, then reset."""
