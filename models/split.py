@@ -49,14 +49,14 @@ def is_held_speech(name: str) -> bool:
     spk = _librispeech_speaker(name)
     if spk is not None:
         return spk in HELD_LIBRISPEECH_SPEAKERS
-    return True  # only LibriSpeech (and the AMI clip) are trained on; the rest is held
+    return not name.startswith("ami_")  # only LibriSpeech and the AMI clip are trained on
 
 
 def training_speech(corpus: Path) -> list[Path]:
     """16 kHz speech files the recipe may train on (sorted)."""
     files = sorted((corpus / "speech").glob("librispeech_*.wav"))
     files += sorted((corpus / "speech").glob("ami_*.wav"))
-    return [f for f in files if f.name.startswith("ami_") or not is_held_speech(f.name)]
+    return [f for f in files if not is_held_speech(f.name)]
 
 
 def held_speech(corpus: Path) -> list[Path]:
