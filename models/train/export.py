@@ -62,14 +62,15 @@ def training_command(args: dict[str, Any]) -> str:
     parts = ["nice -n 19 python -m mica.models.train.train"]
     for key in ("out", "init", "seed", "steps", "minutes", "batch", "frames", "lr", "threads",
                 "p_clean", "p_high_snr", "harm_weight", "quiet_db", "features",
-                "noise_set"):
+                "noise_set", "reverb_target"):
         if args.get(key) is not None:
             parts.append(f"--{key.replace('_', '-')} {args[key]}")
     return " ".join(parts)
 
 
 def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_db: float,
-           metrics: dict[str, Any] | None = None, command: str | None = None) -> Path:
+           metrics: dict[str, Any] | None = None, command: str | None = None,
+           refine: bool = True) -> Path:
     ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu")
     weights = erb_weights()
     model = model_from_checkpoint(ckpt, weights.shape[0])
@@ -102,6 +103,7 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
         "lookahead_samples": 0,
         "norm_alpha": NORM_ALPHA,
         "gain_floor_db": gain_floor_db,
+        "refine": refine,
         "training": {
             "steps": int(ckpt["step"]),
             "seed": args.get("seed"),
@@ -118,7 +120,10 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
                          "car cabin, fan/HVAC, babble"
                          + (", transients (clicks, clatter), AM-modulated coloured noise and "
                             "hum, two-noise mixtures" if args.get("noise_set") == "v3" else ""),
-                "rir": "corpus/rir (7) + synthetic exponential RIRs (RT60 0.15-0.8 s), p=0.5",
+                "rir": "corpus/rir (7) + synthetic exponential RIRs (RT60 0.15-0.8 s), p=0.5; "
+                       + ("target the reverberant speech (denoise only)"
+                          if args.get("reverb_target") == "wet"
+                          else "target direct path + 50 ms (dereverberates too)"),
                 "snr_db": [-5, 20],
                 "share_clean_only": args.get("p_clean", 0.05),
                 "share_snr_20_40_db": args.get("p_high_snr", 0.0),
@@ -157,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="denoiser-v1")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--gain-floor-db", type=float, default=-25.0)
+    ap.add_argument("--no-refine", action="store_true",
+                    help="card without the per-bin refinement (mica.models.refine)")
     ap.add_argument("--metrics", type=Path, help="JSON report of benchmarks/denoise.py --json")
     ap.add_argument("--metrics-row", default="mica-model",
                     help="this bundle's row in that report (mica-model[<name>] when the "
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = card_metrics(json.loads(args.metrics.read_text()), args.metrics_row,
                                args.metrics_command)
     path = export(args.ckpt, args.out, args.name, args.version, args.gain_floor_db, metrics,
-                  command=args.command)
+                  command=args.command, refine=not args.no_refine)
     log.info("%s written; card: %s", path, path.with_suffix(".json"))
     return 0
 

@@ -106,3 +106,30 @@ def test_wet_reverb_target_keeps_the_reverberant_speech(corpus_dir) -> None:
     assert differs >= 3  # about half of the examples are reverberant
     with pytest.raises(ValueError, match="reverb_target"):
         make_example(np.random.default_rng(0), src, FS, reverb_target="dry")
+
+
+@pytest.mark.train
+def test_export_card_records_refine_and_reverb_target(tmp_path) -> None:
+    """A bundle exported from a checkpoint carries ``refine`` (on unless ``--no-refine``),
+    and its training command the checkpoint's ``--reverb-target``; the bundle loads."""
+    import json
+
+    import torch
+
+    from mica.models.features import erb_weights, feats_per_band
+    from mica.models.gru import load_bundle, refine_params
+    from mica.models.train.export import main as export_main
+    from mica.models.train.net import BandGainNet
+
+    n_bands = erb_weights().shape[0]
+    model = BandGainNet(feats_per_band(True) * n_bands, n_bands)
+    args = {"seed": 1, "features": "ext", "noise_set": "v3", "reverb_target": "wet"}
+    torch.save({"model": model.state_dict(), "step": 3, "args": args, "val_loss": 0.1},
+               tmp_path / "ck.pt")
+    for extra, want in (([], True), (["--no-refine"], False)):
+        assert export_main(["--ckpt", str(tmp_path / "ck.pt"), "--out", str(tmp_path),
+                            "--name", "t", *extra]) == 0
+        card = json.loads((tmp_path / "t.json").read_text())
+        assert card["refine"] is want
+        assert "--reverb-target wet" in card["training"]["command"]
+        assert (refine_params(load_bundle(tmp_path / "t.npz")) is not None) is want
