@@ -3,9 +3,13 @@
 The loudspeaker signal reaches the mics after the playback buffering plus the acoustic
 path; the echo canceller's tail (``window`` samples) should cover the acoustic part.
 Once per segment (``segment_s`` of signal in which the reference was active; the first
-one ``first_segment_s``), :func:`path_estimate` estimates the reference-to-mic impulse
-response over lags ``[0, max_delay + window)`` by regularised deconvolution (the cross-
-spectrum over the reference's power: the Roth processor of Knapp & Carter 1976), which,
+one ``first_segment_s``), the reference-to-mic impulse response over lags
+``[0, max_delay + window)`` is estimated by regularised deconvolution (the cross-spectrum
+over the reference's power, :func:`path_estimate`: the Roth processor of Knapp & Carter
+1976). Until a first lag is accepted, each try deconvolves the spectra accumulated over
+all the first segments so far (Welch-style averaging), so an echo buried in noise at the
+mic (a car's engine at the echo's level) is found once enough of it has been heard,
+instead of never; later segments stand on their own, so a new delay shows in full. This,
 unlike GCC-PHAT's whitening of both signals, keeps the path's shape and lets bins the
 reference does not excite (tonal music) add little. The lag is the latest start ``d`` of
 a ``window``-long span whose path energy ``E(d) = sum_{k=d}^{d+window-1} h_k^2`` is
@@ -100,10 +104,24 @@ def path_estimate(ref: np.ndarray, mic: np.ndarray, n_lags: int, ridge: float = 
         )
     n_lags = check_positive_int(n_lags, "n_lags")
     n_fft = 1 << int(np.ceil(np.log2(ref.shape[0] + n_lags)))
-    x = np.fft.rfft(ref, n_fft)
-    y = np.fft.rfft(mic, n_fft)
-    power = np.abs(x) ** 2
-    return np.fft.irfft(y * np.conj(x) / (power + ridge * power.mean() + 1e-30), n_fft)[:n_lags]
+    sxy, sxx = segment_spectra(ref, mic, n_fft)
+    return path_from_spectra(sxy, sxx, n_fft, n_lags, ridge)
+
+
+def segment_spectra(ref: np.ndarray, mic: np.ndarray, n_fft: int) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """``(Y X^*, |X|^2)`` of one segment, zero-padded to ``n_fft`` (``>= n + lags``): the
+    Fourier transforms of its linear cross- and autocorrelation. Sums over segments are
+    those of all their samples (less the pairs across segment edges)."""
+    x = np.fft.rfft(np.asarray(ref, np.float64), n_fft)
+    y = np.fft.rfft(np.asarray(mic, np.float64), n_fft)
+    return y * np.conj(x), np.abs(x) ** 2
+
+
+def path_from_spectra(sxy: np.ndarray, sxx: np.ndarray, n_fft: int, n_lags: int,
+                      ridge: float = 1e-2) -> np.ndarray:
+    """The first ``n_lags`` taps of ``IFFT(sxy / (sxx + ridge mean sxx))``."""
+    return np.fft.irfft(sxy / (sxx + ridge * sxx.mean() + 1e-30), n_fft)[:n_lags]
 
 
 def span_energy(h: np.ndarray, window: int, n_starts: int) -> np.ndarray:
@@ -146,6 +164,10 @@ class DelayTracker:
         self._seg_first = self._blocks(p.first_segment_s)
         self._ref = np.zeros(max(self._seg, self._seg_first), np.float32)
         self._mic = np.zeros_like(self._ref)
+        n_lags = self.max_lag + self.window
+        self._n_fft = 1 << int(np.ceil(np.log2(self._seg_first + n_lags)))
+        self._sxy = np.zeros(self._n_fft // 2 + 1, np.complex128)  # first segments' spectra
+        self._sxx = np.zeros(self._n_fft // 2 + 1, np.float64)
         self._fill = 0
         self._hyst = p.hysteresis_ms * 1e-3 * fs_hz
         self._margin = int(round(p.margin_ms * 1e-3 * fs_hz))
@@ -189,7 +211,14 @@ class DelayTracker:
         if not np.any(mic):
             return False
         p = self.params
-        h = path_estimate(ref, mic, self.max_lag + self.window, p.ridge)
+        n_lags = self.max_lag + self.window
+        if self.lag_samples is None:  # all the first segments so far
+            sxy, sxx = segment_spectra(ref, mic, self._n_fft)
+            self._sxy += sxy
+            self._sxx += sxx
+            h = path_from_spectra(self._sxy, self._sxx, self._n_fft, n_lags, p.ridge)
+        else:
+            h = path_estimate(ref, mic, n_lags, p.ridge)
         energy = span_energy(h, self.window, self.max_lag + 1)
         total = float(np.sum(h**2))
         best = float(energy.max())
@@ -211,6 +240,7 @@ class DelayTracker:
             return False
         self._previous = (self.lag_samples, self.delay_samples)
         self.lag_samples = float(lag)
+        self._forget_spectra()  # only the first lag's tries use them
         self._candidate, self._agree = None, 0
         new = max(0, int(round(lag)) - self._margin)
         changed = new != self.delay_samples
@@ -225,14 +255,20 @@ class DelayTracker:
             self.lag_samples += shift_samples
         self.delay_samples = max(0, self.delay_samples + shift_samples)
         self._candidate, self._agree = None, 0
+        self._forget_spectra()  # they hold the reference at its old alignment
 
     def reject(self) -> None:
         """Undo the last accepted change (the caller found it contradicts what works)."""
         self.lag_samples, self.delay_samples = self._previous
         self.rejected_total += 1
 
+    def _forget_spectra(self) -> None:
+        self._sxy.fill(0.0)
+        self._sxx.fill(0.0)
+
     def reset(self) -> None:
-        """Forget the collected segment and the estimate."""
+        """Forget the collected segment, the accumulated spectra and the estimate."""
+        self._forget_spectra()
         self._fill = 0
         self.lag_samples = None
         self.delay_samples = 0
