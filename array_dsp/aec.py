@@ -948,7 +948,8 @@ class EchoCanceller:
         self._rebuild_history()
         self._has_good, self._calm = False, 0  # a snapshot in the old delay's tap positions
         boot = self._boot
-        if boot is not None and self._boot_state == 2 and 0 < boot.blocks <= 3 * boot.max_blocks // 4:
+        moving = boot is not None and self._boot_state == 2
+        if moving and 0 < boot.blocks <= 3 * boot.max_blocks // 4:
             # the segment so far moves to the new delay: the next refit fits all of it (a
             # segment more than 3/4 full starts afresh instead: moved, it would end after
             # a refit or two at the new delay, leaving the rest to the Kalman filter)
