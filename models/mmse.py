@@ -92,6 +92,32 @@ def exp1_kernel(x: float) -> float:
 
 
 @kernel
+def lsa_gain_kernel(y2: float, noise: float, prev_a2: float, alpha_dd: float,
+                    xi_min: float) -> float:
+    """One bin's MMSE log-spectral amplitude gain (Ephraim & Malah 1985), at most 1:
+    a-posteriori SNR ``gamma = min(|Y|^2 / noise, GAMMA_MAX)``, decision-directed a-priori SNR
+    ``xi = max(alpha_dd prev_a2 / noise + (1 - alpha_dd) max(gamma - 1, 0), xi_min)``,
+    ``G = r exp(E1(r gamma) / 2)`` with ``r = xi / (1 + xi)``."""
+    gamma = min(y2 / noise, GAMMA_MAX)
+    xi = alpha_dd * prev_a2 / noise + (1.0 - alpha_dd) * max(gamma - 1.0, 0.0)
+    xi = max(xi, xi_min)
+    r = xi / (1.0 + xi)
+    return min(r * math.exp(0.5 * exp1_kernel(max(r * gamma, 1e-10))), 1.0)
+
+
+def lsa_gain_reference(y2: np.ndarray, noise: np.ndarray, prev_a2: np.ndarray,
+                       alpha_dd: float, xi_min: float) -> np.ndarray:
+    """Numpy reference of :func:`lsa_gain_kernel` over bins (float64, ``scipy.special.exp1``)."""
+    from scipy.special import exp1
+
+    gamma = np.minimum(y2 / noise, GAMMA_MAX)
+    xi = np.maximum(alpha_dd * prev_a2 / noise + (1 - alpha_dd) * np.maximum(gamma - 1.0, 0.0),
+                    xi_min)
+    r = xi / (1 + xi)
+    return np.minimum(r * np.exp(0.5 * exp1(np.maximum(r * gamma, 1e-10))), 1.0)
+
+
+@kernel
 def mmse_kernel(
     spec: np.ndarray,
     alpha_dd: float,
@@ -147,13 +173,7 @@ def mmse_kernel(
                       POWER_FLOOR)
         noise_psd[k] = np.float32(s_n)
         s_n = float(noise_psd[k])
-        gamma = min(y2 / s_n, GAMMA_MAX)
-        xi = alpha_dd * float(prev_a2[k]) / s_n + (1.0 - alpha_dd) * max(gamma - 1.0, 0.0)
-        xi = max(xi, xi_min)
-        r = xi / (1.0 + xi)
-        nu = max(r * gamma, 1e-10)
-        g = r * math.exp(0.5 * exp1_kernel(nu))
-        g = min(max(g, gain_floor), 1.0)
+        g = max(lsa_gain_kernel(y2, s_n, float(prev_a2[k]), alpha_dd, xi_min), gain_floor)
         prev_a2[k] = np.float32(g * g * y2)
         gain[k] = np.float32(g)
         spp[k] = np.float32(p)
@@ -169,7 +189,6 @@ def mmse_reference(
     spectra: ``(n_frames, n_bins)`` complex; returns ``(out complex64, gain float32)``, both
     ``(n_frames, n_bins)``. Vectorised over bins, float64, ``scipy.special.exp1``.
     """
-    from scipy.special import exp1
 
     p = params or MmseParams()
     xi_min = 10.0 ** (p.xi_min_db / 10.0)
@@ -200,11 +219,7 @@ def mmse_reference(
             a = p.noise_alpha
             noise = np.maximum(a * s_n + (1 - a) * ((1 - spp) * y2 + spp * s_n), POWER_FLOOR)
         noise = noise.astype(np.float32).astype(np.float64)
-        gamma = np.minimum(y2 / noise, GAMMA_MAX)
-        xi = p.alpha_dd * prev_a2 / noise + (1 - p.alpha_dd) * np.maximum(gamma - 1.0, 0.0)
-        xi = np.maximum(xi, xi_min)
-        r = xi / (1 + xi)
-        g = np.clip(r * np.exp(0.5 * exp1(np.maximum(r * gamma, 1e-10))), floor, 1.0)
+        g = np.maximum(lsa_gain_reference(y2, noise, prev_a2, p.alpha_dd, xi_min), floor)
         prev_a2 = g * g * y2
         gains[t] = g
         out[t] = (y * g).astype(np.complex64)

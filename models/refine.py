@@ -41,7 +41,7 @@ import numpy as np
 
 from mica.array_dsp.jit import kernel
 from mica.array_dsp.validate import SignalShapeError, check_positive_int
-from mica.models.mmse import GAMMA_MAX, POWER_FLOOR, exp1_kernel
+from mica.models.mmse import POWER_FLOOR, lsa_gain_kernel, lsa_gain_reference
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,7 @@ def refine_kernel(
             s_n += (1.0 - noise_alpha) * w * (y2 - s_n)
         s_n = max(s_n, POWER_FLOOR)
         noise_psd[k] = s_n
-        gamma = min(y2 / s_n, GAMMA_MAX)
-        xi = alpha_dd * prev_a2[k] / s_n + (1.0 - alpha_dd) * max(gamma - 1.0, 0.0)
-        xi = max(xi, xi_min)
-        r = xi / (1.0 + xi)
-        lsa = min(r * math.exp(0.5 * exp1_kernel(max(r * gamma, 1e-10))), 1.0)
+        lsa = lsa_gain_kernel(y2, s_n, prev_a2[k], alpha_dd, xi_min)
         prev_a2[k] = lsa * lsa * y2
         b = beta * (1.0 - g)
         f = g * math.exp(b * math.log(lsa / g)) if g > 0.0 else 0.0  # g^(1-b) lsa^b
@@ -157,7 +153,6 @@ def refine_reference(spectra: np.ndarray, masks: np.ndarray, gain_floor: float,
     shape; ``gain_floor`` linear. Returns ``(out complex64, gain float32)``, both
     ``(n_frames, n_bins)``. Vectorised over bins, float64, ``scipy.special.exp1``.
     """
-    from scipy.special import exp1
 
     p = params or RefineParams()
     xi_min = 10.0 ** (p.xi_min_db / 10.0)
@@ -180,10 +175,7 @@ def refine_reference(spectra: np.ndarray, masks: np.ndarray, gain_floor: float,
                 w = np.clip((p.g_hi - g) / (p.g_hi - p.g_lo), 0.0, 1.0)
                 noise = noise + (1.0 - p.noise_alpha) * w * (y2 - noise)
             noise = np.maximum(noise, POWER_FLOOR)
-            gamma = np.minimum(y2 / noise, GAMMA_MAX)
-            xi = p.alpha_dd * prev_a2 / noise + (1 - p.alpha_dd) * np.maximum(gamma - 1.0, 0.0)
-            r = np.maximum(xi, xi_min) / (1.0 + np.maximum(xi, xi_min))
-            lsa = np.minimum(r * np.exp(0.5 * exp1(np.maximum(r * gamma, 1e-10))), 1.0)
+            lsa = lsa_gain_reference(y2, noise, prev_a2, p.alpha_dd, xi_min)
             prev_a2 = lsa * lsa * y2
             b = p.beta * (1.0 - g)
             safe_g = np.where(g > 0.0, g, 1.0)
