@@ -28,6 +28,19 @@ that is still converging) does not bias it for seconds:
 - in-band spectral flatness ``(ln(sum_k w P_k / W) - sum_k w ln(P_k + EPS) / W - 0.6) / 2``
   with ``W = sum_k w_bk`` (>= 0 by Jensen; about 0.58 for Gaussian noise over many bins, larger
   for harmonic speech): tells voiced speech from broadband noise and transients.
+
+Harmonic features (``kind="harm"``, card ``"features": "harm"``): the extended ones plus one
+more per band and stream, appended last: the band's normalised autocorrelation at the
+frame's pitch lag, an in-frame analogue of RNNoise's per-band pitch correlation (Valin 2018,
+sec. 3.3). From the frame's power spectrum ``P_k`` (``N = 2 (n_bins - 1)``, ``c_k = 1`` at DC
+and Nyquist, else 2) the circular autocorrelation is ``r(tau) = sum_k c_k P_k cos(2 pi k tau /
+N)`` (Wiener-Khinchin); the pitch lag ``tau*`` is its largest value over ``HARM_MIN_LAG ..
+HARM_MAX_LAG`` samples (500 Hz .. 100 Hz at 16 kHz), refined to a fraction of a sample by a
+parabola through the peak and its neighbours (at most half a sample either way); the feature
+is ``r_b(tau*) / r_b(0)`` with ``r_b(tau) = sum_k w_bk c_k P_k cos(2 pi k tau / N)``, in
+``[-1, 1]``: near 1 where the band's power sits on the harmonics of ``1 / tau*`` (voiced
+speech, a tonal noise), near 0 for broadband noise. (The frame is one 20 ms window, so the
+autocorrelation is circular: lags beyond ``N / 2`` alias, hence the 100 Hz lower limit.)
 """
 
 from __future__ import annotations
@@ -36,10 +49,17 @@ import math
 
 import numpy as np
 
+from mica.array_dsp.jit import kernel
+
 EPS = 1e-9
 NORM_ALPHA = 0.99
 FEATS_PER_BAND = 2
 EXT_FEATS_PER_BAND = 3
+HARM_FEATS_PER_BAND = 1
+FEATURE_KINDS = ("base", "ext", "harm")
+"""Feature sets, each a superset of the one before (see the module docstring)."""
+HARM_MIN_LAG = 32  # samples: 500 Hz at 16 kHz
+HARM_MAX_LAG = 160  # samples: 100 Hz at 16 kHz; at most N / 2
 FLOOR_SMOOTH = 0.6
 FLOOR_RISE = 0.0138  # ln units per 10 ms frame = 6 dB/s
 FLOOR_BELOW_MEAN = 6.91  # ln units = 30 dB
@@ -82,18 +102,87 @@ def erb_weights(n_bins: int = 161, fs_hz: float = 16000.0, n_bands: int = 32) ->
     return w.astype(np.float32)
 
 
-def feats_per_band(extended: bool) -> int:
-    return FEATS_PER_BAND + (EXT_FEATS_PER_BAND if extended else 0)
+def check_kind(kind: str) -> str:
+    """``kind`` if it is one of :data:`FEATURE_KINDS`, else ``ValueError``."""
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"feature kind must be one of {list(FEATURE_KINDS)}, not {kind!r}")
+    return kind
+
+
+def feats_per_band(kind: str) -> int:
+    """Features per band and stream of feature set ``kind``: 2 (base), 5 (ext), 6 (harm)."""
+    n = FEATS_PER_BAND
+    if check_kind(kind) != "base":
+        n += EXT_FEATS_PER_BAND
+    if kind == "harm":
+        n += HARM_FEATS_PER_BAND
+    return n
+
+
+def harmonic_lags(n_bins: int) -> np.ndarray:
+    """``(n_lags,)`` float64 candidate pitch lags in samples, ``HARM_MIN_LAG`` up to
+    ``min(HARM_MAX_LAG, N / 2)``."""
+    return np.arange(HARM_MIN_LAG, min(HARM_MAX_LAG, n_bins - 1) + 1, dtype=np.float64)
+
+
+def bin_multiplicity(n_bins: int) -> np.ndarray:
+    """``(n_bins,)`` float64 ``c_k``: 1 at DC and Nyquist, 2 elsewhere (the one-sided
+    spectrum's bins as they enter the full ``N``-point sum)."""
+    c = np.full(n_bins, 2.0)
+    c[0] = c[-1] = 1.0
+    return c
+
+
+def harmonic_table(n_bins: int) -> np.ndarray:
+    """``(n_lags, n_bins)`` float64 ``c_k cos(2 pi k tau / N)`` for the lags of
+    :func:`harmonic_lags`: ``table @ P`` is the circular autocorrelation at those lags."""
+    n_fft = 2 * (n_bins - 1)
+    k = np.arange(n_bins)
+    return bin_multiplicity(n_bins) * np.cos(
+        2.0 * np.pi * np.outer(harmonic_lags(n_bins), k) / n_fft)
+
+
+@kernel
+def parabolic_offset(left: float, centre: float, right: float) -> float:
+    """Vertex of the parabola through three equally spaced values, relative to the centre,
+    in ``[-0.5, 0.5]``; 0 where they do not form a maximum."""
+    den = left - 2.0 * centre + right
+    if not den < 0.0:
+        return 0.0
+    return min(0.5, max(-0.5, 0.5 * (left - right) / den))
+
+
+def harmonic_reference(power: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per-band normalised autocorrelation at the pitch lag: power ``(n_frames, n_bins)`` ->
+    ``(n_frames, n_bands)`` float64 (see the module docstring)."""
+    n_frames, n_bins = power.shape
+    n_fft = 2 * (n_bins - 1)
+    lags = harmonic_lags(n_bins)
+    r = power @ harmonic_table(n_bins).T  # (n_frames, n_lags)
+    cp = power * bin_multiplicity(n_bins)
+    r0 = cp @ weights.T + EPS  # (n_frames, n_bands)
+    out = np.empty((n_frames, weights.shape[0]))
+    k = np.arange(n_bins)
+    for t in range(n_frames):
+        i = int(np.argmax(r[t]))
+        d = parabolic_offset(r[t, i - 1], r[t, i], r[t, i + 1]) \
+            if 0 < i < len(lags) - 1 else 0.0
+        cos = np.cos(2.0 * np.pi * k * (lags[i] + d) / n_fft)
+        out[t] = (cp[t] * cos) @ weights.T / r0[t]
+    return out
 
 
 def features_reference(
-    spectra: np.ndarray, weights: np.ndarray, extended: bool = False
+    spectra: np.ndarray, weights: np.ndarray, kind: str = "base"
 ) -> np.ndarray:
     """Whole-signal features: spectra ``(n_streams, n_frames, n_bins)`` complex ->
-    ``(n_frames, n_streams * n_bands * F)`` float32, ``F`` = 2 (5 with ``extended``): first
+    ``(n_frames, n_streams * n_bands * F)`` float32, ``F`` = :func:`feats_per_band`: first
     every stream's base blocks (stream-major: the normalised block, then the absolute
-    block), then, when extended, every stream's noise-floor, delta and flatness blocks."""
+    block), then, for ``ext`` and ``harm``, every stream's noise-floor, delta and flatness
+    blocks, then, for ``harm``, every stream's harmonicity block."""
     import scipy.signal
+
+    extended = check_kind(kind) != "base"
 
     n_streams, n_frames, _ = spectra.shape
     power = np.abs(spectra.astype(np.complex128)) ** 2
@@ -133,6 +222,8 @@ def features_reference(
             mean_log = np.log(power[s] + EPS) @ w64.T / wsum
             flat = np.log(energies[s] / wsum + EPS) - mean_log
             out += [(lg - floor) / 4.0, delta / 4.0, (flat - FLAT_OFFSET) / 2.0]
+    if kind == "harm":
+        out += [harmonic_reference(power[s], w64) for s in range(n_streams)]
     return np.concatenate(out, axis=1).astype(np.float32)
 
 

@@ -3,7 +3,8 @@
 Per 10 ms frame (RNNoise-like, Valin 2018): log ERB-band energies of each input stream (the
 beam output; optionally a noise reference) with running-mean normalisation
 (:mod:`mica.models.features`; a card with ``"features": "ext"`` adds per band a noise-floor
-SNR, a temporal delta and the in-band spectral flatness) -> ``Linear + tanh`` -> ``GRU`` ->
+SNR, a temporal delta and the in-band spectral flatness, ``"harm"`` also the band's
+autocorrelation at the frame's pitch lag) -> ``Linear + tanh`` -> ``GRU`` ->
 ``GRU`` -> ``Linear(h1 ++ h2) + sigmoid`` = one gain per band -> interpolated to bins ->
 floored (or refined per bin, :mod:`mica.models.refine`, where the card asks for it) ->
 applied to the beam spectrum. Causal, no look-ahead: it adds no latency to the
@@ -12,7 +13,7 @@ STFT chain.
 The bundle is ``<name>.npz`` (float32 arrays, names as :meth:`BandGainNet.to_arrays` in the
 training recipe) plus ``<name>.json``, the model card: ``version``, ``n_params``,
 ``macs_per_frame``, ``macs_per_s``, ``n_streams``, ``n_bands``, ``n_bins``, ``fs_hz``,
-``hop_samples``, ``gain_floor_db``, ``features`` (``base`` when absent, or ``ext``),
+``hop_samples``, ``gain_floor_db``, ``features`` (``base`` when absent, ``ext`` or ``harm``),
 ``training`` (data, command, steps) and ``metrics``; optionally ``refine`` (``true``, or an
 object of :class:`~mica.models.refine.RefineParams` fields): the output gain is refined per
 bin by :mod:`mica.models.refine` (denoiser-v1 and -v3 ship with it on).
@@ -40,13 +41,18 @@ from mica.array_dsp.jit import kernel
 from mica.array_dsp.validate import check_array
 from mica.models.features import (
     EPS,
+    FEATURE_KINDS,
     FLAT_OFFSET,
     FLOOR_BELOW_MEAN,
     FLOOR_RISE,
     FLOOR_SMOOTH,
     NORM_ALPHA,
+    bin_multiplicity,
     feats_per_band,
     features_reference,
+    harmonic_lags,
+    harmonic_table,
+    parabolic_offset,
 )
 from mica.models.refine import RefineParams, refine_kernel, refine_reference
 
@@ -80,9 +86,9 @@ class Bundle:
         return int(self.card["n_streams"])
 
     @property
-    def extended(self) -> bool:
-        """Whether the model takes the extended features (card ``"features": "ext"``)."""
-        return self.card.get("features", "base") == "ext"
+    def feature_kind(self) -> str:
+        """The card's ``features``: ``base`` (when absent), ``ext`` or ``harm``."""
+        return str(self.card.get("features", "base"))
 
 
 def default_bundle_path(n_mics: int = 2) -> Path:
@@ -117,10 +123,10 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     a = arrays
     n_bands, n_bins = a["erb_w"].shape
     hidden = a["gru1_wh"].shape[1]
-    if card.get("features", "base") not in ("base", "ext"):
-        raise BundleError(f"{npz}: card 'features' must be 'base' or 'ext', "
+    if card.get("features", "base") not in FEATURE_KINDS:
+        raise BundleError(f"{npz}: card 'features' must be one of {list(FEATURE_KINDS)}, "
                           f"not {card['features']!r}")
-    n_in = feats_per_band(card.get("features") == "ext") * n_bands * int(card["n_streams"])
+    n_in = feats_per_band(card.get("features", "base")) * n_bands * int(card["n_streams"])
     want = {"dense_w": (a["dense_w"].shape[0], n_in), "gru1_wh": (3 * hidden, hidden),
             "gru2_wi": (3 * hidden, hidden), "gru2_wh": (3 * hidden, hidden),
             "out_w": (n_bands, 2 * hidden)}
@@ -155,14 +161,20 @@ def count_params(arrays: dict[str, np.ndarray]) -> int:
 
 def count_macs_per_frame(arrays: dict[str, np.ndarray], n_streams: int) -> int:
     """Multiply-accumulates per frame, as the kernel does them (features, net, gains; the
-    extended features, when ``dense_w`` takes them, add one weighted log per band bin)."""
+    extended features, when ``dense_w`` takes them, add one weighted log per band bin, the
+    harmonic ones the autocorrelation at every candidate lag and two weighted sums per band
+    bin)."""
     w = arrays["erb_w"]
+    n_bands, n_bins = w.shape
     nz = int(np.count_nonzero(w))
     n_dense, n_in = arrays["dense_w"].shape
     h = arrays["gru1_wh"].shape[1]
-    net = n_dense * n_in + 3 * h * (n_dense + h) + 3 * h * 2 * h + w.shape[0] * 2 * h
-    ext = n_in > 2 * w.shape[0] * n_streams
-    feats = n_streams * (2 * w.shape[1] + nz + (nz if ext else 0))
+    net = n_dense * n_in + 3 * h * (n_dense + h) + 3 * h * 2 * h + n_bands * 2 * h
+    ext = n_in > 2 * n_bands * n_streams
+    harm = n_in > 5 * n_bands * n_streams
+    feats = n_streams * (2 * n_bins + nz + (nz if ext else 0)
+                         + (len(harmonic_lags(n_bins)) * n_bins + n_bins + 2 * nz
+                            if harm else 0))
     return int(feats + net + nz + w.shape[1])
 
 
@@ -205,6 +217,39 @@ def _gru_step(x: np.ndarray, h: np.ndarray, wi_t: np.ndarray, wh_t: np.ndarray,
 
 
 @kernel
+def _harmonic_features(spec: np.ndarray, erb_w: np.ndarray, band_lo: np.ndarray,
+                       band_hi: np.ndarray, table: np.ndarray, lags: np.ndarray,
+                       c: np.ndarray, r: np.ndarray, feat: np.ndarray, at: int) -> None:
+    """``feat[at:at + n_bands]`` = each band's normalised circular autocorrelation at the
+    frame's pitch lag (:func:`mica.models.features.harmonic_reference`)."""
+    n_lags, n_bins = table.shape
+    n_fft = 2 * (n_bins - 1)
+    best = 0
+    for i in range(n_lags):
+        acc = 0.0
+        for k in range(n_bins):
+            v = spec[k]
+            acc += table[i, k] * (float(v.real) * float(v.real) + float(v.imag) * float(v.imag))
+        r[i] = acc
+        if acc > r[best]:
+            best = i
+    d = 0.0
+    if 0 < best < n_lags - 1:
+        d = parabolic_offset(r[best - 1], r[best], r[best + 1])
+    step = 2.0 * math.pi * (lags[best] + d) / n_fft
+    for b in range(erb_w.shape[0]):
+        num = 0.0
+        den = 0.0
+        for k in range(band_lo[b], band_hi[b]):
+            v = spec[k]
+            cp = erb_w[b, k] * c[k] * (float(v.real) * float(v.real)
+                                       + float(v.imag) * float(v.imag))
+            num += cp * math.cos(step * k)
+            den += cp
+        feat[at + b] = np.float32(num / (den + EPS))
+
+
+@kernel
 def gru_denoiser_kernel(
     spec: np.ndarray, erb_w: np.ndarray, band_lo: np.ndarray, band_hi: np.ndarray,
     dense_w: np.ndarray, dense_b: np.ndarray,
@@ -213,6 +258,7 @@ def gru_denoiser_kernel(
     out_w: np.ndarray, out_b: np.ndarray, norm_alpha: float, gain_floor: float,
     mu: np.ndarray, started: np.ndarray, h1: np.ndarray, h2: np.ndarray,
     smooth: np.ndarray, floor: np.ndarray, prev: np.ndarray, wsum: np.ndarray,
+    harm_table: np.ndarray, harm_lags: np.ndarray, harm_c: np.ndarray, harm_r: np.ndarray,
     feat: np.ndarray, dense: np.ndarray, gi: np.ndarray, gh: np.ndarray, hcat: np.ndarray,
     band_gain: np.ndarray, bin_gain: np.ndarray, out: np.ndarray,
 ) -> None:
@@ -224,7 +270,9 @@ def gru_denoiser_kernel(
     ``h1, h2 (H,)``; for the
     extended features (when ``feat`` is longer than the base features) also ``smooth``,
     ``floor``, ``prev (n_streams, n_bands)`` (see :mod:`mica.models.features`) with
-    ``wsum (n_bands,)`` the band weight sums; scratch:
+    ``wsum (n_bands,)`` the band weight sums; for the harmonic features (when ``feat`` is
+    longer still) ``harm_table (n_lags, n_bins)``, ``harm_lags (n_lags,)`` and ``harm_c
+    (n_bins,)`` of :mod:`mica.models.features` (float64); scratch ``harm_r (n_lags,)``;
     ``feat (n_in,)``, ``dense (n_dense,)``, ``gi, gh (3H,)``, ``hcat (2H,)``; outputs
     ``band_gain (n_bands,)``, ``bin_gain (n_bins,)`` (unfloored: the speech mask), ``out``.
     """
@@ -233,6 +281,7 @@ def gru_denoiser_kernel(
     first = started[0] == 0
     n_base = 2 * n_bands * n_streams
     ext = feat.shape[0] > n_base
+    harm = feat.shape[0] > 5 * n_bands * n_streams
     alpha = norm_alpha
     if ext:  # warm start of the running mean (see mica.models.features)
         t = float(started[0])
@@ -269,6 +318,9 @@ def gru_denoiser_kernel(
                 feat[base + b] = np.float32((lg - fl) / 4.0)
                 feat[base + n_bands + b] = np.float32(dl / 4.0)
                 feat[base + 2 * n_bands + b] = np.float32((flat - FLAT_OFFSET) / 2.0)
+        if harm:
+            _harmonic_features(spec[s], erb_w, band_lo, band_hi, harm_table, harm_lags,
+                               harm_c, harm_r, feat, 5 * n_bands * n_streams + s * n_bands)
     if started[0] < 1_000_000:
         started[0] += 1
     _matvec_t(dense_w, feat, dense_b, dense)
@@ -331,7 +383,7 @@ def gru_reference(spectra: np.ndarray, bundle: Bundle,
     complex64, band gains (n_frames, n_bands) float32)``.
     """
     a = bundle.arrays
-    band = net_reference(features_reference(spectra, a["erb_w"], bundle.extended), a)
+    band = net_reference(features_reference(spectra, a["erb_w"], bundle.feature_kind), a)
     floor = 10.0 ** (float(bundle.card["gain_floor_db"]) / 20.0)
     params = _resolve_refine(bundle, refine)
     if params is not None:
@@ -396,6 +448,11 @@ class GruDenoiser:
         self._noise_floor = np.zeros((self.n_streams, n_bands), np.float32)
         self._prev = np.zeros((self.n_streams, n_bands), np.float32)
         self._wsum = erb.sum(1).astype(np.float32)
+        harm = bundle.feature_kind == "harm"
+        self._harm_table = harmonic_table(n_bins) if harm else np.zeros((0, n_bins))
+        self._harm_lags = harmonic_lags(n_bins)
+        self._harm_c = bin_multiplicity(n_bins)
+        self._harm_r = np.zeros(self._harm_table.shape[0], np.float64)
         self._h1 = np.zeros(hidden, np.float32)
         self._h2 = np.zeros(hidden, np.float32)
         self._feat = np.zeros(a["dense_w"].shape[1], np.float32)
@@ -436,6 +493,7 @@ class GruDenoiser:
         gru_denoiser_kernel(self._in, self._erb, self._lo, self._hi, *self._w, NORM_ALPHA,
                             self._gain_floor, self._mu, self._started, self._h1, self._h2,
                             self._smooth, self._noise_floor, self._prev, self._wsum,
+                            self._harm_table, self._harm_lags, self._harm_c, self._harm_r,
                             self._feat, self._dense, self._gi, self._gh, self._hcat,
                             self.band_gain, self.speech_mask, self._out)
         if self.refine is not None:

@@ -314,7 +314,7 @@ def make_example(rng: np.random.Generator, src: Sources, n_samples: int,
 
 def make_batch(seed: int, step: int, src: Sources, batch: int, n_frames: int,
                weights: np.ndarray, p_clean: float = 0.05, p_high_snr: float = 0.0,
-               extended: bool = False, noise_set: str = "v1", reverb_target: str = "early"
+               kind: str = "base", noise_set: str = "v1", reverb_target: str = "early"
                ) -> dict[str, np.ndarray]:
     """Features ``(B, T, F)``, noisy and target magnitudes ``(B, T, n_bins)``."""
     rng = np.random.default_rng([seed, step])
@@ -324,7 +324,7 @@ def make_batch(seed: int, step: int, src: Sources, batch: int, n_frames: int,
                                      reverb_target)
         y = stft_reference(noisy[None], HOP)[:, 0]
         s = stft_reference(target[None], HOP)[:, 0]
-        feats.append(features_reference(y[None], weights, extended))
+        feats.append(features_reference(y[None], weights, kind))
         ymag.append(np.abs(y))
         smag.append(np.abs(s))
     return {"feats": np.stack(feats), "ymag": np.stack(ymag).astype(np.float32),

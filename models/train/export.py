@@ -39,10 +39,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], n_bands: int = 32) -> BandGainNe
 
 
 def reference_pair(model: BandGainNet, weights: np.ndarray, seed: int = 7,
-                   n_frames: int = 120, extended: bool = False) -> dict[str, np.ndarray]:
+                   n_frames: int = 120, kind: str = "base") -> dict[str, np.ndarray]:
     """A deterministic noisy input (tone bursts in coloured noise), its features and the
     torch model's band gains for it."""
-    n_streams = model.n_in // (feats_per_band(extended) * weights.shape[0])
+    n_streams = model.n_in // (feats_per_band(kind) * weights.shape[0])
     rng = np.random.default_rng(seed)
     n = n_frames * HOP
     t = np.arange(n) / FS
@@ -50,7 +50,7 @@ def reference_pair(model: BandGainNet, weights: np.ndarray, seed: int = 7,
     sig[0] += 0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
     spectra = np.stack([stft_reference(sig[s:s + 1].astype(np.float32), HOP)[:, 0]
                         for s in range(n_streams)])
-    feats = features_reference(spectra, weights, extended)
+    feats = features_reference(spectra, weights, kind)
     with torch.no_grad():
         gains = model(torch.from_numpy(feats)[None])[0].numpy()
     return {"spectra": spectra.astype(np.complex64), "feats": feats,
@@ -76,20 +76,22 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
     model = model_from_checkpoint(ckpt, weights.shape[0])
     arrays = model.to_arrays() | {"erb_w": weights}
     args = ckpt.get("args", {})
-    extended = args.get("features", "base") == "ext"
-    n_streams = model.n_in // (feats_per_band(extended) * weights.shape[0])
+    kind = args.get("features", "base")
+    n_streams = model.n_in // (feats_per_band(kind) * weights.shape[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     npz = out_dir / f"{name}.npz"
     np.savez_compressed(npz, **arrays)
     macs = count_macs_per_frame(arrays, n_streams)
     feat_text = ("log ERB energies (running-mean normalised + absolute) per stream"
-                 + (" + noise-floor SNR, temporal delta, in-band flatness" if extended else ""))
+                 + (" + noise-floor SNR, temporal delta, in-band flatness"
+                    if kind != "base" else "")
+                 + (" + band autocorrelation at the pitch lag" if kind == "harm" else ""))
     card = {
         "name": name,
         "version": version,
         "architecture": f"ERB-band gains: Linear({model.n_in},64)+tanh, GRU(64,80), "
                         f"GRU(80,80), Linear(160,32)+sigmoid; features = {feat_text}",
-        "features": "ext" if extended else "base",
+        "features": kind,
         "n_params": count_params(arrays),
         "macs_per_frame": macs,
         "macs_per_s": macs * FS // HOP,
@@ -137,7 +139,7 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str, gain_floor_d
     }
     npz.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     np.savez_compressed(out_dir / f"{name}-reference.npz",
-                        **reference_pair(model, weights, extended=extended))
+                        **reference_pair(model, weights, kind=kind))
     return npz
 
 

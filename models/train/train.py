@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mica.models.features import erb_weights, feats_per_band
+from mica.models.features import FEATURE_KINDS, erb_weights, feats_per_band
 from mica.models.train.data import Sources, make_batch
 from mica.models.train.net import BandGainNet
 
@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of examples at 20-40 dB SNR instead of -5..20 dB")
     ap.add_argument("--harm-weight", type=float, default=0.5,
                     help="weight of the over-suppression penalty (bands with ideal gain > 0.5)")
-    ap.add_argument("--features", choices=("base", "ext"), default="base",
-                    help="base: 2 features per band; ext: + noise-floor SNR, delta, flatness "
+    ap.add_argument("--features", choices=FEATURE_KINDS, default="base",
+                    help="base: 2 features per band; ext: + noise-floor SNR, delta, flatness; "
+                         "harm: ext + the band's autocorrelation at the pitch lag "
                          "(mica.models.features)")
     ap.add_argument("--noise-set", choices=("v1", "v3"), default="v1",
                     help="v3 adds transients, modulated noise/hum and two-noise mixtures")
@@ -104,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                          "clean-only examples (default: keep every frame)")
     ap.add_argument("--init", type=Path,
                     help="start from this checkpoint's model weights (fresh optimizer and "
-                         "schedule; a base-feature model initialises an ext one with zero "
-                         "weights on the new inputs); ignored when OUT/last.pt exists")
+                         "schedule; a model with fewer features initialises one with more "
+                         "(base -> ext -> harm) with zero weights on the new inputs); "
+                         "ignored when OUT/last.pt exists")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = erb_weights()
     n_bands = weights.shape[0]
-    extended = args.features == "ext"
-    model = BandGainNet(n_in=feats_per_band(extended) * n_bands, n_bands=n_bands)
+    kind = args.features
+    model = BandGainNet(n_in=feats_per_band(kind) * n_bands, n_bands=n_bands)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 1 - s / args.steps))
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     w_t = torch.from_numpy(weights)
     val = {k: torch.from_numpy(v) for k, v in
            make_batch(args.seed + 999, 0, src, 32, args.frames, weights,
-                      args.p_clean, args.p_high_snr, extended, args.noise_set,
+                      args.p_clean, args.p_high_snr, kind, args.noise_set,
                       args.reverb_target).items()}
     ema = None
     best_val = float("inf")
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     def fresh(k: int) -> dict[str, np.ndarray]:
         if k not in pool:
             pool[k] = make_batch(args.seed, k, src, args.batch, args.frames, weights,
-                                 args.p_clean, args.p_high_snr, extended, args.noise_set,
+                                 args.p_clean, args.p_high_snr, kind, args.noise_set,
                                  args.reverb_target)
             for old in [j for j in pool if j <= k - args.pool]:
                 del pool[old]

@@ -14,7 +14,7 @@ import soundfile as sf
 from mica.array_dsp.enhancer import Enhancer
 from mica.array_dsp.stft import stft_reference
 from mica.evaluation.metrics import pesq_wb, si_sdr_db, stoi_score
-from mica.models.features import erb_weights, features_reference
+from mica.models.features import FEATURE_KINDS, erb_weights, feats_per_band, features_reference
 from mica.models.gru import (
     DEFAULT_BUNDLE,
     SINGLE_MIC_BUNDLE,
@@ -76,7 +76,7 @@ def test_numba_matches_stored_torch_output(path: Path) -> None:
     bundle = load_bundle(path)
     ref = np.load(path.with_name(f"{path.stem}-reference.npz"))
     np.testing.assert_allclose(features_reference(ref["spectra"], bundle.arrays["erb_w"],
-                                                  bundle.extended), ref["feats"], atol=1e-5)
+                                                  bundle.feature_kind), ref["feats"], atol=1e-5)
     _, gains = run_kernel(GruDenoiser(bundle, 161), ref["spectra"])
     np.testing.assert_allclose(gains, ref["band_gains"], atol=1e-4)
 
@@ -108,29 +108,29 @@ def test_numba_matches_live_torch(bundle) -> None:
     np.testing.assert_allclose(gains, want, atol=1e-4)
 
 
-def random_bundle(tmp_path: Path, n_streams: int, seed: int = 0, extended: bool = False):
-    """A bundle with random weights (no torch needed) of ``n_streams`` inputs (base or
-    extended features)."""
+def random_bundle(tmp_path: Path, n_streams: int, seed: int = 0, kind: str = "base"):
+    """A bundle with random weights (no torch needed) of ``n_streams`` inputs and feature
+    set ``kind``."""
     rng = np.random.default_rng(seed)
     w = erb_weights()
-    n_in, d, h, nb = (5 if extended else 2) * 32 * n_streams, 16, 12, 32
+    n_in, d, h, nb = feats_per_band(kind) * 32 * n_streams, 16, 12, 32
     shapes = {"dense_w": (d, n_in), "dense_b": (d,), "gru1_wi": (3 * h, d),
               "gru1_wh": (3 * h, h), "gru1_bi": (3 * h,), "gru1_bh": (3 * h,),
               "gru2_wi": (3 * h, h), "gru2_wh": (3 * h, h), "gru2_bi": (3 * h,),
               "gru2_bh": (3 * h,), "out_w": (nb, 2 * h), "out_b": (nb,)}
     arrays = {k: (0.5 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
-    path = tmp_path / f"rand{n_streams}{'ext' if extended else ''}.npz"
+    path = tmp_path / f"rand{n_streams}{kind}.npz"
     np.savez(path, erb_w=w, **arrays)
     path.with_suffix(".json").write_text(json.dumps(
         {"version": "test", "n_streams": n_streams, "n_bands": 32, "n_bins": 161,
-         "gain_floor_db": -25.0, "features": "ext" if extended else "base"}))
+         "gain_floor_db": -25.0, "features": kind}))
     return load_bundle(path)
 
 
-@pytest.mark.parametrize("extended", (False, True), ids=("base", "ext"))
+@pytest.mark.parametrize("kind", FEATURE_KINDS)
 @pytest.mark.parametrize("n_streams", (1, 2))
-def test_numba_matches_numpy_reference(tmp_path: Path, n_streams: int, extended: bool) -> None:
-    b = random_bundle(tmp_path, n_streams, extended=extended)
+def test_numba_matches_numpy_reference(tmp_path: Path, n_streams: int, kind: str) -> None:
+    b = random_bundle(tmp_path, n_streams, kind=kind)
     rng = np.random.default_rng(n_streams)
     x = (0.05 * rng.standard_normal((n_streams, 60 * 160))).astype(np.float32)
     x[0, 3000:6000] += np.sin(np.arange(3000) * 0.2).astype(np.float32)
@@ -142,8 +142,8 @@ def test_numba_matches_numpy_reference(tmp_path: Path, n_streams: int, extended:
     ref_out, ref_gains = gru_reference(spectra, b)
     np.testing.assert_allclose(gains, ref_gains, atol=1e-5)
     np.testing.assert_allclose(out, ref_out, atol=1e-5 * np.abs(ref_out).max())
-    feats = features_reference(spectra, b.arrays["erb_w"], extended)
-    assert feats.shape == (spectra.shape[1], (5 if extended else 2) * 32 * n_streams)
+    feats = features_reference(spectra, b.arrays["erb_w"], kind)
+    assert feats.shape == (spectra.shape[1], feats_per_band(kind) * 32 * n_streams)
     np.testing.assert_allclose(net_reference(feats, b.arrays), ref_gains, atol=1e-6)
     pf = GruDenoiser(b, 161)
     for t in range(spectra.shape[1]):  # the kernel's features are the reference's

@@ -37,20 +37,24 @@ def test_transients_are_impulsive_and_modulated_noise_is_not() -> None:
 
 
 @pytest.mark.train
-def test_ext_model_initialised_from_base_computes_the_same_gains() -> None:
+@pytest.mark.parametrize("small,large", [("base", "ext"), ("ext", "harm")])
+def test_larger_feature_set_initialised_from_smaller_computes_the_same_gains(
+        small: str, large: str) -> None:
     """Needs torch (``pytest -m train``): the zero-initialised extra inputs change nothing."""
     import torch
 
+    from mica.models.features import feats_per_band
     from mica.models.train.net import BandGainNet
     from mica.models.train.train import init_from
 
     torch.manual_seed(0)
-    base = BandGainNet(n_in=64)
-    ext = BandGainNet(n_in=160)
+    n_small, n_large = (32 * feats_per_band(k) for k in (small, large))
+    base = BandGainNet(n_in=n_small)
+    ext = BandGainNet(n_in=n_large)
     init_from(ext, base.state_dict())
-    x = torch.randn(2, 50, 160)
+    x = torch.randn(2, 50, n_large)
     with torch.no_grad():
-        torch.testing.assert_close(ext(x), base(x[..., :64]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(ext(x), base(x[..., :n_small]), rtol=0, atol=1e-6)
 
 
 @pytest.mark.train
@@ -109,9 +113,11 @@ def test_wet_reverb_target_keeps_the_reverberant_speech(corpus_dir) -> None:
 
 
 @pytest.mark.train
-def test_export_card_records_refine_and_reverb_target(tmp_path) -> None:
+@pytest.mark.parametrize("kind", ["ext", "harm"])
+def test_export_card_records_refine_and_reverb_target(tmp_path, kind: str) -> None:
     """A bundle exported from a checkpoint carries ``refine`` (on unless ``--no-refine``),
-    and its training command the checkpoint's ``--reverb-target``; the bundle loads."""
+    its feature set, and its training command the checkpoint's ``--reverb-target``; the
+    bundle loads."""
     import json
 
     import torch
@@ -122,8 +128,8 @@ def test_export_card_records_refine_and_reverb_target(tmp_path) -> None:
     from mica.models.train.net import BandGainNet
 
     n_bands = erb_weights().shape[0]
-    model = BandGainNet(feats_per_band(True) * n_bands, n_bands)
-    args = {"seed": 1, "features": "ext", "noise_set": "v3", "reverb_target": "wet"}
+    model = BandGainNet(feats_per_band(kind) * n_bands, n_bands)
+    args = {"seed": 1, "features": kind, "noise_set": "v3", "reverb_target": "wet"}
     torch.save({"model": model.state_dict(), "step": 3, "args": args, "val_loss": 0.1},
                tmp_path / "ck.pt")
     for extra, want in (([], True), (["--no-refine"], False)):
@@ -131,5 +137,6 @@ def test_export_card_records_refine_and_reverb_target(tmp_path) -> None:
                             "--name", "t", *extra]) == 0
         card = json.loads((tmp_path / "t.json").read_text())
         assert card["refine"] is want
+        assert card["features"] == kind
         assert "--reverb-target wet" in card["training"]["command"]
         assert (refine_params(load_bundle(tmp_path / "t.npz")) is not None) is want
