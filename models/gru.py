@@ -218,33 +218,39 @@ def _gru_step(x: np.ndarray, h: np.ndarray, wi_t: np.ndarray, wh_t: np.ndarray,
 
 @kernel
 def _harmonic_features(spec: np.ndarray, erb_w: np.ndarray, band_lo: np.ndarray,
-                       band_hi: np.ndarray, table: np.ndarray, lags: np.ndarray,
-                       c: np.ndarray, r: np.ndarray, feat: np.ndarray, at: int) -> None:
+                       band_hi: np.ndarray, table_t: np.ndarray, lags: np.ndarray,
+                       c: np.ndarray, r: np.ndarray, scratch: np.ndarray, feat: np.ndarray,
+                       at: int) -> None:
     """``feat[at:at + n_bands]`` = each band's normalised circular autocorrelation at the
-    frame's pitch lag (:func:`mica.models.features.harmonic_reference`)."""
-    n_lags, n_bins = table.shape
+    frame's pitch lag (:func:`mica.models.features.harmonic_reference`). ``table_t (n_bins,
+    n_lags)`` is the transposed lag table (the inner loop runs over independent lags, so it
+    vectorises without reassociating a sum); ``r (n_lags,)``, ``scratch (2, n_bins)``."""
+    n_bins, n_lags = table_t.shape
     n_fft = 2 * (n_bins - 1)
-    best = 0
     for i in range(n_lags):
-        acc = 0.0
-        for k in range(n_bins):
-            v = spec[k]
-            acc += table[i, k] * (float(v.real) * float(v.real) + float(v.imag) * float(v.imag))
-        r[i] = acc
-        if acc > r[best]:
+        r[i] = 0.0
+    for k in range(n_bins):
+        v = spec[k]
+        pk = float(v.real) * float(v.real) + float(v.imag) * float(v.imag)
+        scratch[0, k] = c[k] * pk
+        for i in range(n_lags):
+            r[i] += table_t[k, i] * pk
+    best = 0
+    for i in range(1, n_lags):
+        if r[i] > r[best]:
             best = i
     d = 0.0
     if 0 < best < n_lags - 1:
         d = parabolic_offset(r[best - 1], r[best], r[best + 1])
     step = 2.0 * math.pi * (lags[best] + d) / n_fft
+    for k in range(n_bins):
+        scratch[1, k] = math.cos(step * k)
     for b in range(erb_w.shape[0]):
         num = 0.0
         den = 0.0
         for k in range(band_lo[b], band_hi[b]):
-            v = spec[k]
-            cp = erb_w[b, k] * c[k] * (float(v.real) * float(v.real)
-                                       + float(v.imag) * float(v.imag))
-            num += cp * math.cos(step * k)
+            cp = erb_w[b, k] * scratch[0, k]
+            num += cp * scratch[1, k]
             den += cp
         feat[at + b] = np.float32(num / (den + EPS))
 
@@ -258,8 +264,8 @@ def gru_denoiser_kernel(
     out_w: np.ndarray, out_b: np.ndarray, norm_alpha: float, gain_floor: float,
     mu: np.ndarray, started: np.ndarray, h1: np.ndarray, h2: np.ndarray,
     smooth: np.ndarray, floor: np.ndarray, prev: np.ndarray, wsum: np.ndarray,
-    harm_table: np.ndarray, harm_lags: np.ndarray, harm_c: np.ndarray, harm_r: np.ndarray,
-    feat: np.ndarray, dense: np.ndarray, gi: np.ndarray, gh: np.ndarray, hcat: np.ndarray,
+    harm_table_t: np.ndarray, harm_lags: np.ndarray, harm_c: np.ndarray, harm_r: np.ndarray,
+    harm_scratch: np.ndarray, feat: np.ndarray, dense: np.ndarray, gi: np.ndarray, gh: np.ndarray, hcat: np.ndarray,
     band_gain: np.ndarray, bin_gain: np.ndarray, out: np.ndarray,
 ) -> None:
     """One frame: ``spec (n_streams, n_bins)`` complex64 -> ``out (n_bins,)`` = gain * stream 0.
@@ -271,8 +277,10 @@ def gru_denoiser_kernel(
     extended features (when ``feat`` is longer than the base features) also ``smooth``,
     ``floor``, ``prev (n_streams, n_bands)`` (see :mod:`mica.models.features`) with
     ``wsum (n_bands,)`` the band weight sums; for the harmonic features (when ``feat`` is
-    longer still) ``harm_table (n_lags, n_bins)``, ``harm_lags (n_lags,)`` and ``harm_c
-    (n_bins,)`` of :mod:`mica.models.features` (float64); scratch ``harm_r (n_lags,)``;
+    longer still) ``harm_table_t (n_bins, n_lags)`` (the transposed
+    :func:`~mica.models.features.harmonic_table`), ``harm_lags (n_lags,)`` and ``harm_c
+    (n_bins,)`` of :mod:`mica.models.features` (float64); scratch ``harm_r (n_lags,)``,
+    ``harm_scratch (2, n_bins)``;
     ``feat (n_in,)``, ``dense (n_dense,)``, ``gi, gh (3H,)``, ``hcat (2H,)``; outputs
     ``band_gain (n_bands,)``, ``bin_gain (n_bins,)`` (unfloored: the speech mask), ``out``.
     """
@@ -319,8 +327,9 @@ def gru_denoiser_kernel(
                 feat[base + n_bands + b] = np.float32(dl / 4.0)
                 feat[base + 2 * n_bands + b] = np.float32((flat - FLAT_OFFSET) / 2.0)
         if harm:
-            _harmonic_features(spec[s], erb_w, band_lo, band_hi, harm_table, harm_lags,
-                               harm_c, harm_r, feat, 5 * n_bands * n_streams + s * n_bands)
+            _harmonic_features(spec[s], erb_w, band_lo, band_hi, harm_table_t, harm_lags,
+                               harm_c, harm_r, harm_scratch, feat,
+                               5 * n_bands * n_streams + s * n_bands)
     if started[0] < 1_000_000:
         started[0] += 1
     _matvec_t(dense_w, feat, dense_b, dense)
@@ -449,10 +458,12 @@ class GruDenoiser:
         self._prev = np.zeros((self.n_streams, n_bands), np.float32)
         self._wsum = erb.sum(1).astype(np.float32)
         harm = bundle.feature_kind == "harm"
-        self._harm_table = harmonic_table(n_bins) if harm else np.zeros((0, n_bins))
+        self._harm_table_t = np.ascontiguousarray(
+            harmonic_table(n_bins).T if harm else np.zeros((n_bins, 0)))
         self._harm_lags = harmonic_lags(n_bins)
         self._harm_c = bin_multiplicity(n_bins)
-        self._harm_r = np.zeros(self._harm_table.shape[0], np.float64)
+        self._harm_r = np.zeros(self._harm_table_t.shape[1], np.float64)
+        self._harm_scratch = np.zeros((2, n_bins), np.float64)
         self._h1 = np.zeros(hidden, np.float32)
         self._h2 = np.zeros(hidden, np.float32)
         self._feat = np.zeros(a["dense_w"].shape[1], np.float32)
@@ -493,8 +504,8 @@ class GruDenoiser:
         gru_denoiser_kernel(self._in, self._erb, self._lo, self._hi, *self._w, NORM_ALPHA,
                             self._gain_floor, self._mu, self._started, self._h1, self._h2,
                             self._smooth, self._noise_floor, self._prev, self._wsum,
-                            self._harm_table, self._harm_lags, self._harm_c, self._harm_r,
-                            self._feat, self._dense, self._gi, self._gh, self._hcat,
+                            self._harm_table_t, self._harm_lags, self._harm_c,
+                            self._harm_r, self._harm_scratch, self._feat, self._dense, self._gi, self._gh, self._hcat,
                             self.band_gain, self.speech_mask, self._out)
         if self.refine is not None:
             refine_kernel(self._in[0], self.speech_mask, self._gain_floor,
