@@ -265,7 +265,8 @@ def gru_denoiser_kernel(
     mu: np.ndarray, started: np.ndarray, h1: np.ndarray, h2: np.ndarray,
     smooth: np.ndarray, floor: np.ndarray, prev: np.ndarray, wsum: np.ndarray,
     harm_table_t: np.ndarray, harm_lags: np.ndarray, harm_c: np.ndarray, harm_r: np.ndarray,
-    harm_scratch: np.ndarray, feat: np.ndarray, dense: np.ndarray, gi: np.ndarray, gh: np.ndarray, hcat: np.ndarray,
+    harm_scratch: np.ndarray,
+    feat: np.ndarray, dense: np.ndarray, gi: np.ndarray, gh: np.ndarray, hcat: np.ndarray,
     band_gain: np.ndarray, bin_gain: np.ndarray, out: np.ndarray,
 ) -> None:
     """One frame: ``spec (n_streams, n_bins)`` complex64 -> ``out (n_bins,)`` = gain * stream 0.
@@ -505,7 +506,8 @@ class GruDenoiser:
                             self._gain_floor, self._mu, self._started, self._h1, self._h2,
                             self._smooth, self._noise_floor, self._prev, self._wsum,
                             self._harm_table_t, self._harm_lags, self._harm_c,
-                            self._harm_r, self._harm_scratch, self._feat, self._dense, self._gi, self._gh, self._hcat,
+                            self._harm_r, self._harm_scratch,
+                            self._feat, self._dense, self._gi, self._gh, self._hcat,
                             self.band_gain, self.speech_mask, self._out)
         if self.refine is not None:
             refine_kernel(self._in[0], self.speech_mask, self._gain_floor,
