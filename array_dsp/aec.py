@@ -1322,6 +1322,8 @@ class EchoCanceller:
         """Compile (or load) every kernel, then :meth:`reset`."""
         n = self.block_samples
         self.process(np.zeros((self.n_mics, n), np.float32), np.zeros((self.n_refs, n), np.float32))
+        if self._boot is not None:  # its kernel runs only on far-end blocks: not above
+            self._boot.warmup()
         self.reset()
 
 

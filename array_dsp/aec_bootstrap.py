@@ -189,6 +189,18 @@ class LsBootstrap:
         """A finished solve's :attr:`solution` waits to be taken (cleared by the taker, by
         :meth:`abort`, :meth:`start`, :meth:`redelay` and :meth:`begin`)."""
 
+    def warmup(self) -> None:
+        """Compile (or load) the accumulation kernel for the arguments :meth:`push` gives it
+        (float32 C-contiguous blocks), on scratch arrays: no state changes. Its first call
+        otherwise comes with the first far-end block, inside the real-time loop, where a
+        compile holds the GIL for seconds (both capture devices of the daemon overran)."""
+        if self._acc is not ls_accumulate_kernel:
+            return
+        n = self.block_samples
+        self._acc(np.zeros(self.taps - 1 + n, np.float64), self.taps - 1,
+                  np.zeros(n, np.float32), np.zeros((self.n_mics, n), np.float32), True,
+                  np.zeros_like(self.t), np.zeros_like(self.r), np.zeros_like(self.yy))
+
     def start(self, pre: np.ndarray, delay: int = 0) -> None:
         """A new segment, its reference delayed by ``delay`` samples (``<= max_delay``);
         ``pre (R, m)`` (or ``(m,)`` for one channel): the undelayed reference samples before

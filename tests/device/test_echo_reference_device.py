@@ -395,10 +395,12 @@ def _looping_echo_scene(
 def _echo_config(device_id: str, broker, capture: dict, array: dict | None = None) -> dict:
     return {
         "device": {"id": device_id},
-        # a 160 ms ALSA buffer: a loaded test machine's stalls must not overrun the fake
-        # devices (after an overrun their timestamps claim no frames were lost while the
-        # sound skipped ahead, which moves the two devices' timelines apart)
-        "capture": {"source": "alsa", "fs_hz": FS, "period_frames": 160, "periods": 16, **capture},
+        # a 320 ms ALSA buffer: a stall of the test process (a compile or a collection that
+        # holds the GIL; clean-clone CI once overran both devices after the loopback's
+        # return with 160 ms) must not overrun the fake devices (after an overrun their
+        # timestamps claim no frames were lost while the sound skipped ahead, which moves
+        # the two devices' timelines apart)
+        "capture": {"source": "alsa", "fs_hz": FS, "period_frames": 160, "periods": 32, **capture},
         "array": {"geometry_m": GEOMETRY, **(array or {})},
         "echo": {"enabled": True},
         "mqtt": {
