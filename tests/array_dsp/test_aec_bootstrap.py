@@ -367,3 +367,30 @@ def test_stereo_playback_converges_with_the_bootstrap(corpus_dir) -> None:
             assert aec.bootstrap_refits_taken >= 1
     print(f"stereo ERLE 0.5-1.5 s: bootstrap {got[1.0]:.1f} dB, Kalman alone {got[0.0]:.1f} dB")
     assert got[1.0] >= 17.0 and got[1.0] >= got[0.0] + 6.0, got
+
+
+def test_warmup_compiles_every_kernel_the_bootstrap_second_calls() -> None:
+    """After :meth:`EchoCanceller.warmup`, a far-end second (bootstrap segment, refits)
+    calls no kernel with a signature it has not compiled: a compile inside the daemon's
+    real-time loop holds the GIL for seconds and overruns every capture device. (Within a
+    test session another test may have compiled them first; alone, this test fails when
+    warmup misses one, as it missed ``ls_accumulate_kernel``.)"""
+    from numba.core.dispatcher import Dispatcher
+
+    from mica.array_dsp import aec, aec_bootstrap
+
+    def signatures() -> dict[str, int]:
+        return {f"{m.__name__}.{k}": len(v.signatures) for m in (aec, aec_bootstrap)
+                for k, v in vars(m).items() if isinstance(v, Dispatcher)}
+
+    n, n_mics = 160, 4
+    canceller = EchoCanceller(n_mics, 1, n, 16000.0, max_delay_samples=1600)
+    canceller.warmup()
+    warm = signatures()
+    rng = np.random.default_rng(2)
+    far = (0.1 * rng.standard_normal((1, 120 * n))).astype(np.float32)
+    echo = np.stack([np.convolve(far[0], rng.standard_normal(64) * 0.1)[: far.shape[1]]
+                     for _ in range(n_mics)]).astype(np.float32)
+    for b in range(120):
+        canceller.process(echo[:, b * n:(b + 1) * n], far[:, b * n:(b + 1) * n])
+    assert signatures() == warm
