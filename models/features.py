@@ -227,10 +227,5 @@ def features_reference(
     return np.concatenate(out, axis=1).astype(np.float32)
 
 
-def macs_per_frame_features(n_bins: int, n_bands: int, n_streams: int) -> int:
-    """Multiply-accumulates per frame of feature extraction and gain interpolation."""
-    return n_streams * (2 * n_bins + 2 * n_bins) + 2 * n_bins + 0 * n_bands
-
-
 def db_to_gain(db: float) -> float:
     return math.pow(10.0, db / 20.0)
